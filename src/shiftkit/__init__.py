@@ -1,0 +1,3 @@
+"""shiftkit: diagnose and fix domain shift in computer vision."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,31 @@
+"""Argument helpers so every command spells the shared options the same way (CONVENTIONS.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+TASKS = ("classification", "segmentation", "detection", "unlabeled")
+
+
+def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a machine-readable JSON result on stdout")
+
+
+def add_task(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=TASKS, default=None, help="dataset task; inferred from the folder when omitted")
+
+
+def add_workers(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--workers", type=int, default=default, help="worker processes for decoding/encoding (0 = in process)")
+
+
+def epilog(*examples: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples)
