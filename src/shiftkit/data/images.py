@@ -25,6 +25,9 @@ from shiftkit.errors import ImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # A decompression bomb is refused above this many pixels (about 16k x 16k); override per call.
 MAX_PIXELS = 268_435_456
+# Our own per-call `max_pixels` check (in `_open`, before any pixel is decoded) replaces PIL's
+# global one, which would otherwise refuse images above 179M pixels whatever --max-pixels says.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def is_image_name(path: str | os.PathLike) -> bool:
@@ -98,18 +101,29 @@ def read_mask(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarr
     Single-channel PNGs are read as is; palette PNGs give their palette *indices* (the usual
     convention for VOC-style masks), never their colours.
     """
+    return read_mask_palette(path, max_pixels)[0]
+
+
+def read_mask_palette(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, list[int] | None]:
+    """`read_mask` plus the file's palette (flat RGB list) when it is a palette PNG, else None.
+
+    Writers pass the palette back to `encode_mask` so a VOC-style dataset keeps its colours.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(f"cannot read mask ({exc.strerror})", path, "check the path and permissions") from None
     img = _open(data, path, max_pixels)
-    if img.mode in ("P", "L"):
-        return np.asarray(img).astype(np.uint8).copy()
+    if img.mode == "P":
+        palette = img.getpalette()
+        return np.asarray(img).astype(np.uint8).copy(), (list(palette) if palette else None)
+    if img.mode == "L":
+        return np.asarray(img).astype(np.uint8).copy(), None
     if img.mode in ("I;16", "I"):
         arr = np.asarray(img)
         if arr.max(initial=0) > 255:
             raise ImageError("mask holds ids above 255", path, "store class ids 0..254 (255 = ignore)")
-        return arr.astype(np.uint8)
+        return arr.astype(np.uint8), None
     raise ImageError(
         f"mask must be single-channel or palette PNG, got mode {img.mode}",
         path,

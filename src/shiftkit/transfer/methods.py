@@ -1,0 +1,281 @@
+"""Thin classes around `shiftkit.transfer.functional`: a name, parameters, and set statistics.
+
+A method is called as `method(src, tgt)` on float (B, C, H, W) batches in [0, 1]. Methods that
+style each source image with one target image (`pairs = True`) need `tgt`; methods that use the
+statistics of whole sets are fed first, batch by batch, with `fit_target(batch)` (and
+`fit_source(batch)` when `needs_source_stats`), so a set is never held in memory.
+
+Set statistics are kept for both channel counts (1 and 3) of every batch seen, so a gray source
+uses the target set's luminance statistics and an RGB source its colour ones (see the channel
+policy in `functional`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from shiftkit.transfer import functional as TF
+
+REFERENCES = ("image", "set")
+
+
+class TransferMethod:
+    """Base class: `pairs` (needs one target image per source), set-statistics hooks, `params()`."""
+
+    name = "base"
+    pairs = True
+    needs_target_stats = False
+    needs_source_stats = False
+
+    def __call__(self, src: torch.Tensor, tgt: torch.Tensor | None = None) -> torch.Tensor:
+        TF.check_images(src, "source")
+        if self.pairs:
+            if tgt is None:
+                raise ValueError(f"{self.name} styles each source image with a target image: pass `tgt`")
+            TF.prepare_target(src, tgt)  # validates batch size, dtype and shape up front
+        return self.apply(src, tgt)
+
+    def apply(self, src: torch.Tensor, tgt: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def apply_pairs(self, src: torch.Tensor, targets: list[torch.Tensor] | None) -> torch.Tensor:
+        """Style each source image with its own target image given as a list of (C, h, w) or
+        (1, C, h, w) tensors of any sizes (the streaming pipeline's case). The default resizes each
+        target to the source size and stacks them; statistic-based methods override this to take
+        statistics at the target's native size."""
+        if not self.pairs:
+            return self(src)
+        tgt = self._stack(src, targets, resize=True)
+        return self.apply(src, tgt)
+
+    @staticmethod
+    def _targets(src: torch.Tensor, targets) -> list[torch.Tensor]:
+        if targets is None or len(targets) != src.shape[0]:
+            n = "no" if targets is None else len(targets)
+            raise ValueError(f"got {n} target images for {src.shape[0]} source images: give one per source image")
+        out = []
+        for t in targets:
+            t = t.unsqueeze(0) if t.ndim == 3 else t
+            TF.check_images(t, "target")
+            out.append(TF.match_channels(t.to(device=src.device, dtype=src.dtype), src.shape[1]))
+        return out
+
+    def _stack(self, src, targets, resize: bool) -> torch.Tensor:
+        ts = self._targets(src, targets)
+        size = (src.shape[-2], src.shape[-1])
+        return torch.cat([TF.resize_to(t, size) if resize else t for t in ts])
+
+    def fit_target(self, batch: torch.Tensor) -> None:
+        """Accumulate target-set statistics from one batch (no-op for purely paired methods)."""
+
+    def fit_source(self, batch: torch.Tensor) -> None:
+        """Accumulate source-set statistics from one batch (only `pca` needs them)."""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Fitted statistics worth recording in the provenance (small)."""
+        return {}
+
+
+class FDA(TransferMethod):
+    """Fourier domain adaptation: the target image's low-frequency amplitude (square of half-size
+    floor(min(H, W) * beta)) on the source's phase. See `functional.fda`."""
+
+    name = "fda"
+
+    def __init__(self, beta: float = 0.01):
+        TF.fda_window(8, 8, beta)  # validates beta now, not in the middle of a run
+        self.beta = float(beta)
+
+    def apply(self, src, tgt):
+        return TF.fda(src, tgt, self.beta)
+
+    def params(self):
+        return {"beta": self.beta}
+
+
+class _SetStats:
+    """Streaming sums per channel count (1, 3) of some per-batch statistic."""
+
+    def __init__(self):
+        self.sums: dict[int, Any] = {}
+        self.counts: dict[int, int] = {1: 0, 3: 0}
+
+    def add(self, c: int, value, count: int) -> None:
+        self.sums[c] = value if c not in self.sums else _add(self.sums[c], value)
+        self.counts[c] += count
+
+    def get(self, c: int, what: str):
+        if self.counts.get(c, 0) == 0:
+            raise ValueError(f"no {what} statistics were fitted: call fit_target/fit_source on at least one batch first")
+        return self.sums[c], self.counts[c]
+
+
+def _add(a, b):
+    if isinstance(a, tuple):
+        return tuple(_add(x, y) for x, y in zip(a, b))
+    return a + b
+
+
+class HistogramMatching(TransferMethod):
+    """Per-channel histogram matching, to the paired target image (`reference="image"`) or to the
+    target set's mean histogram (`reference="set"`). See `functional.histogram_match`."""
+
+    name = "histogram"
+
+    def __init__(self, reference: str = "image"):
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+        self.reference = reference
+        self.pairs = reference == "image"
+        self.needs_target_stats = reference == "set"
+        self._hist = _SetStats()
+
+    def fit_target(self, batch):
+        if self.reference != "set":
+            return
+        TF.check_images(batch, "target")
+        for c in (1, 3):
+            self._hist.add(c, TF.histograms(TF.match_channels(batch, c)).sum(0).cpu(), batch.shape[0])
+
+    def set_histogram(self, channels: int) -> torch.Tensor:
+        total, n = self._hist.get(channels, "target histogram")
+        return total / n
+
+    def apply(self, src, tgt):
+        if self.reference == "image":
+            return TF.histogram_match_images(src, tgt)
+        return TF.histogram_match(src, self.set_histogram(src.shape[1]))
+
+    def apply_pairs(self, src, targets):
+        if self.reference == "set":
+            return self(src)
+        hists = torch.cat([TF.histograms(t) for t in self._targets(src, targets)])
+        return TF.histogram_match(src, hists)
+
+    def params(self):
+        return {"reference": self.reference}
+
+
+class ColorStats(TransferMethod):
+    """Reinhard colour transfer of per-channel mean/std in CIE Lab, to the paired target image or
+    to the target set's pooled Lab mean/std. See `functional.color_stats`."""
+
+    name = "color-stats"
+
+    def __init__(self, reference: str = "image"):
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+        self.reference = reference
+        self.pairs = reference == "image"
+        self.needs_target_stats = reference == "set"
+        self._lab = _SetStats()
+
+    def fit_target(self, batch):
+        if self.reference != "set":
+            return
+        TF.check_images(batch, "target")
+        for c in (1, 3):
+            lab = TF._lab(TF.match_channels(batch, c)).detach().to(torch.float64)
+            p = lab.transpose(0, 1).reshape(3, -1)
+            self._lab.add(c, (p.sum(1).cpu(), (p * p).sum(1).cpu()), p.shape[1])
+
+    def set_stats(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        (s, ss), n = self._lab.get(channels, "target Lab")
+        mean = s / n
+        std = (ss / n - mean * mean).clamp_min(0).sqrt()
+        return mean, std
+
+    def apply(self, src, tgt):
+        if self.reference == "image":
+            return TF.color_stats_images(src, tgt)
+        m, s = self.set_stats(src.shape[1])
+        return TF.color_stats(src, m, s)
+
+    def apply_pairs(self, src, targets):
+        if self.reference == "set":
+            return self(src)
+        stats = [TF.lab_stats(t) for t in self._targets(src, targets)]
+        return TF.color_stats(src, torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats]))
+
+    def params(self):
+        return {"reference": self.reference}
+
+    def summary(self):
+        if self.reference != "set" or self._lab.counts[3] == 0:
+            return {}
+        m, s = self.set_stats(3)
+        return {"target_lab_mean": m.tolist(), "target_lab_std": s.tolist()}
+
+
+class PCATransfer(TransferMethod):
+    """Pixel-distribution adaptation: source pixel colours whitened with the source set's
+    covariance and coloured with the target set's (x' = S_t^1/2 S_s^-1/2 (x - m_s) + m_t).
+    See `functional.pca_transfer`."""
+
+    name = "pca"
+    pairs = False
+    needs_target_stats = True
+    needs_source_stats = True
+
+    def __init__(self, eps: float = 1e-6):
+        self.eps = float(eps)
+        self._tgt = _SetStats()
+        self._src = _SetStats()
+        self._cache: dict[int, tuple] = {}
+
+    def _fit(self, acc: _SetStats, batch: torch.Tensor, name: str) -> None:
+        TF.check_images(batch, name)
+        self._cache.clear()
+        for c in (1, 3):
+            n, s, ss = TF.pixel_moments(TF.match_channels(batch, c))
+            acc.add(c, (s.cpu(), ss.cpu()), n)
+
+    def fit_target(self, batch):
+        self._fit(self._tgt, batch, "target")
+
+    def fit_source(self, batch):
+        self._fit(self._src, batch, "source")
+
+    def gaussians(self, channels: int):
+        if channels not in self._cache:
+            (s1, ss1), n1 = self._src.get(channels, "source pixel")
+            (s2, ss2), n2 = self._tgt.get(channels, "target pixel")
+            self._cache[channels] = TF.moments_to_gaussian(n1, s1, ss1) + TF.moments_to_gaussian(n2, s2, ss2)
+        return self._cache[channels]
+
+    def apply(self, src, tgt=None):
+        ms, cs, mt, ct = self.gaussians(src.shape[1])
+        return TF.pca_transfer(src, ms, cs, mt, ct, eps=self.eps)
+
+    def params(self):
+        return {"eps": self.eps}
+
+    def summary(self):
+        if self._src.counts[3] == 0 or self._tgt.counts[3] == 0:
+            return {}
+        ms, cs, mt, ct = self.gaussians(3)
+        return {"source_mean": ms.tolist(), "source_cov": cs.tolist(), "target_mean": mt.tolist(), "target_cov": ct.tolist()}
+
+
+METHODS: dict[str, type[TransferMethod]] = {
+    "fda": FDA,
+    "histogram": HistogramMatching,
+    "color-stats": ColorStats,
+    "pca": PCATransfer,
+}
+
+
+def make_method(name: str, beta: float = 0.01, reference: str = "image") -> TransferMethod:
+    """Build a method by its CLI name with the options that apply to it."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    if name == "fda":
+        return FDA(beta)
+    if name in ("histogram", "color-stats"):
+        return METHODS[name](reference)
+    return PCATransfer()

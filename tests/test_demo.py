@@ -1,0 +1,43 @@
+"""`python -m shiftkit.demo` on a tiny subset: every step runs and the run folder is complete."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("elpv_dataset")
+
+
+def test_demo_small(tmp_path, monkeypatch, capsys):
+    from shiftkit.demo import main
+
+    monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    rc = main(["--out", str(out), "--limit", "10", "--grid", "2", "--no-progress", "--device", "cpu", "--json"])
+    metrics = json.loads(capsys.readouterr().out)
+    steps = metrics["steps"]
+    assert rc == 0, steps
+    assert all(v["status"] == "ok" for v in steps.values())
+    assert metrics["data"]["sizes"] == {"source": 10, "target": 10, "target-test": 10}
+    assert (out / "figures" / "mono_to_poly.png").stat().st_size > 1000
+    assert json.loads((out / "config.json").read_text())["benchmark"] == "elpv-mono2poly"
+    eff = metrics["transfer"]["effect"]["methods"]
+    assert set(eff) == {"none", "fda", "histogram"} and all(0 <= v["mean_ks"] <= 1 for v in eff.values())
+    assert metrics["drift"]["gap"]["properties"]["accuracy"] >= 0.0
+
+
+def test_demo_bad_args(capsys):
+    from shiftkit.demo import main
+
+    assert main(["--limit", "3"]) == 2
+    assert "--limit" in capsys.readouterr().err
+
+
+def test_require_names_missing_module():
+    from shiftkit.demo import StepMissing, require
+
+    with pytest.raises(StepMissing, match="not available"):
+        require("shiftkit.no_such_module")
+    with pytest.raises(StepMissing, match="has no"):
+        require("shiftkit.io", "no_such_function")
