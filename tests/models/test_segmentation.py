@@ -37,7 +37,7 @@ def test_deeplab_two_levels_shapes_and_gradient():
     (main.mean() + aux.mean()).backward()
     assert m.aux_classifier.branches[0].weight.grad is not None
     assert m.backbone.features[0][0].weight.grad is not None
-    single = DeepLabV2(MobileNetV2(), 3, aux_stage=None)
+    single = DeepLabV2(MobileNetV2(), 3, aux_stage=None).eval()
     assert len(single.forward_multi(torch.rand(1, 3, 32, 32))) == 1
 
 

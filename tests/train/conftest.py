@@ -34,3 +34,20 @@ def tiny(tmp_path):
         "target_test": make_folder(tmp_path / "target_test", 12, 2, shift=0.2),
         "root": tmp_path,
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # 2 shared cores: one intra-op thread is much faster than two fighting other processes
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fast():
+    """Settings that keep a fit() on the tiny folders at a second or two."""
+    return dict(backbone="small_cnn", size=16, batch_size=8, progress=False, log_every=1)

@@ -14,14 +14,15 @@ momentum 0.9 (Nesterov), weight decay 5e-4, lr_t = lr * (1 + 10 p)^-0.75, batch 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shiftkit.adapt.base import Method, Phase, StepInfo
 from shiftkit.adapt.losses import cross_entropy, entropy, information_maximization
+from shiftkit.errors import ShiftkitError
 
 
 def centroid_pseudo_labels(
@@ -93,32 +94,17 @@ def shot_loss(
     return total, parts
 
 
-def im_score(probs: torch.Tensor) -> float:
-    """Label-free model score (higher is better): H(mean_i p_i) - mean_i H(p_i), the mutual information."""
-    return float(entropy(probs.mean(0), dim=0) - entropy(probs).mean())
+class Shot(Method):
+    """SHOT as a Method of the engine: reads only the `target` stream; the head stays frozen.
 
-
-@dataclass
-class Phase:
-    """One optimisation step of a method: named losses summed and minimised over one parameter group.
-
-    `logs` holds extra detached figures (not optimised) for the log.
-    """
-
-    losses: dict[str, torch.Tensor]
-    params: str = "model"
-    logs: dict[str, torch.Tensor] | None = None
-
-
-class Shot:
-    """SHOT as a Method: reads only the `target` stream; trains `model.feature_parameters()`.
-
-    The model must offer `forward_features(x) -> (features, logits)`, `feature_parameters()` and
-    `head_parameters()` (see shiftkit.models.ccexam). The head is frozen and kept in eval mode.
+    Works with any model whose `forward_features(x) -> (features, logits)` and whose classifier
+    head is the module `model.head` (shiftkit's `Classifier`, the ccexam digit networks): the head
+    is frozen (and kept in eval mode, so its dropout is off); backbone and bottleneck adapt.
     """
 
     name = "shot"
     streams = ("target",)
+    uses_target_labels = False
 
     def __init__(
         self,
@@ -129,63 +115,86 @@ class Shot:
         label_threshold: int = 0,
     ):
         if beta < 0 or im_weight < 0 or diversity_weight < 0:
-            raise ValueError(f"weights must be >= 0, got beta={beta} im_weight={im_weight} diversity_weight={diversity_weight}")
+            raise ShiftkitError(f"SHOT weights must be >= 0, got beta={beta} im_weight={im_weight} diversity_weight={diversity_weight}")
         if refine_rounds < 0:
-            raise ValueError(f"refine_rounds must be >= 0, got {refine_rounds}")
+            raise ShiftkitError(f"refine_rounds must be >= 0, got {refine_rounds}")
         self.beta, self.im_weight, self.diversity_weight = float(beta), float(im_weight), float(diversity_weight)
         self.refine_rounds, self.label_threshold = int(refine_rounds), int(label_threshold)
-        self.pseudo_labels: torch.Tensor | None = None
+        self.pseudo_labels: torch.Tensor | None = None  # (N_target,), -1 = not labelled (unreadable image)
+        self.head: nn.Module | None = None
 
     def config(self) -> dict[str, Any]:
         return {
-            "method": self.name, "beta": self.beta, "im_weight": self.im_weight,
+            "name": self.name, "streams": list(self.streams), "beta": self.beta, "im_weight": self.im_weight,
             "diversity_weight": self.diversity_weight, "refine_rounds": self.refine_rounds,
             "label_threshold": self.label_threshold,
         }
 
     @staticmethod
-    def _check_model(model: nn.Module) -> None:
-        for attr in ("forward_features", "feature_parameters", "head_parameters"):
-            if not hasattr(model, attr):
-                raise TypeError(f"SHOT needs a model with {attr}() (feature extractor + head split), got {type(model).__name__}")
-
-    def parameter_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-        """Freeze the head; the single trainable group is the feature extractor."""
-        self._check_model(model)
-        for p in model.head_parameters():
-            p.requires_grad_(False)
-        return {"model": [p for p in model.feature_parameters() if p.requires_grad]}
-
-    def train_mode(self, model: nn.Module) -> None:
-        """Feature extractor in train mode (target batch-norm statistics), frozen head in eval mode."""
-        model.train()
+    def find_head(model: nn.Module) -> nn.Module:
         head = getattr(model, "head", None)
-        if isinstance(head, nn.Module):
-            head.eval()
+        if not isinstance(head, nn.Module) or not hasattr(model, "forward_features"):
+            raise ShiftkitError(
+                f"SHOT needs a classifier split into features and a `head` module, got {type(model).__name__}",
+                None, "use a shiftkit Classifier checkpoint or a ccexam digit model",
+            )
+        return head
 
-    def on_epoch_start(self, features: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
-        """Relabel the whole target set from its (eval-mode) features and predictions."""
-        self.pseudo_labels, _ = centroid_pseudo_labels(
-            features, probs, rounds=self.refine_rounds, threshold=self.label_threshold
-        )
-        agree = float((self.pseudo_labels == probs.argmax(1).to(self.pseudo_labels.device)).float().mean())
-        return {"pseudo_label_agreement": agree}
+    def freeze_head(self, model: nn.Module) -> None:
+        self.head = self.find_head(model)
+        for p in self.head.parameters():
+            p.requires_grad_(False)
 
-    def step(self, model: nn.Module, images: torch.Tensor, index: torch.Tensor) -> list[Phase]:
-        """Losses for one target batch (`index` = positions in the target set, to find the pseudo labels)."""
-        _, logits = model.forward_features(images)
-        labels = None
-        if self.beta > 0:
-            if self.pseudo_labels is None:
-                raise RuntimeError("SHOT.on_epoch_start must run before step (no pseudo labels yet)")
-            labels = self.pseudo_labels.to(logits.device)[index.to(logits.device)]
+    def setup(self, engine: Any) -> None:
+        self.freeze_head(engine.model)
+
+    def on_epoch_start(self, engine: Any) -> None:
+        """Relabel the whole target set from its eval-mode features and predictions."""
+        r = engine.infer("target")
+        self.relabel(r["features"], r["probs"], r["index"], engine.stream_size("target"))
+
+    def relabel(self, features: torch.Tensor, probs: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+        labels, _ = centroid_pseudo_labels(features, probs, self.refine_rounds, self.label_threshold)
+        full = torch.full((size,), -1, dtype=torch.long)
+        full[index.long()] = labels.cpu()
+        self.pseudo_labels = full
+        return full
+
+    def losses(self, logits: torch.Tensor, index: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Weighted terms {"im": w (L_ent - L_div), "pl": beta CE(z, y^)} and logs for one target batch."""
         losses = {"im": self.im_weight * information_maximization(logits, diversity_weight=self.diversity_weight)}
-        if labels is not None:
-            losses["pl"] = self.beta * cross_entropy(logits, labels)
+        if self.beta > 0:
+            if self.pseudo_labels is None or index is None:
+                raise RuntimeError("SHOT: on_epoch_start (pseudo labels) must run before the first step")
+            y = self.pseudo_labels.to(logits.device)[index.to(logits.device)]
+            losses["pl"] = self.beta * cross_entropy(logits, y, ignore_index=-1) if bool((y >= 0).any()) else logits.sum() * 0
         with torch.no_grad():
-            p = F.softmax(logits, dim=1)
-            logs = {"ent": entropy(p).mean(), "div": entropy(p.mean(0), dim=0)}
-        return [Phase(losses, "model", logs)]
+            p = F.softmax(logits.float(), dim=1)
+            logs = {"ent": float(entropy(p).mean()), "div": float(entropy(p.mean(0), dim=0))}
+        return losses, logs
+
+    def phases(self, net: nn.Module, batch: dict, step: StepInfo) -> list[Phase]:
+        if self.head is not None:
+            self.head.eval()  # frozen: no dropout, no statistics updates
+        t = batch["target"]
+        _, logits = net(t["x"])
+        losses, logs = self.losses(logits, t.get("index"))
+        return [Phase(losses, ("model",), logs)]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.pseudo_labels is None else {"pseudo_labels": self.pseudo_labels}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.pseudo_labels = state.get("pseudo_labels")
 
 
-__all__ = ["Phase", "Shot", "centroid_pseudo_labels", "im_score", "shot_loss"]
+def register() -> None:
+    """`--method shot` in shiftkit.adapt.registry."""
+    from shiftkit.adapt.registry import register as reg
+
+    reg("shot", lambda **kw: Shot(**{k: v for k, v in kw.items() if k in _OPTIONS}))
+
+
+_OPTIONS = ("beta", "im_weight", "diversity_weight", "refine_rounds", "label_threshold")
+
+__all__ = ["Shot", "centroid_pseudo_labels", "register", "shot_loss"]

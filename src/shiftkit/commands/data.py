@@ -73,8 +73,9 @@ def format_summary(summary: dict) -> str:
     """Plain-words sizes and class balance, one line per split."""
     lines = [f"{summary['benchmark']} (seed {summary['seed']}): {summary['status']} at {summary['out']}"]
     for name, s in summary["splits"].items():
-        total = max(s["count"], 1)
+        total = max(sum(s["classes"].values()), 1)
         balance = ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in s["classes"].items())
-        label = "" if s["labelled"] else " unlabeled; hidden balance"
-        lines.append(f"  {name:<12} {s['count']:>6} {s['balance_unit']}  {s['format']}{label}: {balance}")
+        label = "" if s["labelled"] else ", unlabeled (hidden balance)"
+        unit = "" if s["balance_unit"] == "images" else f" {s['balance_unit']}"
+        lines.append(f"  {name:<12} {s['count']:>6} images  {s['format']}{label}:{unit} {balance}")
     return "\n".join(lines)

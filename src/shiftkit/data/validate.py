@@ -131,11 +131,12 @@ def near_duplicates(hashes: np.ndarray, max_bits: int, block_elems: int = 1 << 2
     n = len(h)
     out = []
     rows = max(1, block_elems // max(n, 1))
+    upper = np.triu(np.ones((rows, rows), dtype=bool))  # j compares only with earlier images i < j
     for start in range(1, n, rows):
         stop = min(n, start + rows)
-        d = _popcount(h[start:stop, None] ^ h[None, :stop]).astype(np.int16)
+        d = _popcount(h[start:stop, None] ^ h[None, :stop])
+        d[:, start:stop][upper[: stop - start, : stop - start]] = 255
         j = np.arange(start, stop)
-        d[np.arange(stop)[None, :] >= j[:, None]] = 99  # compare only with earlier images
         best = d.argmin(axis=1)
         dist = d[np.arange(len(j)), best]
         for jj, ii, dd in zip(j[dist <= max_bits], best[dist <= max_bits], dist[dist <= max_bits]):

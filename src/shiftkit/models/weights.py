@@ -201,8 +201,15 @@ def load_pretrained(model: nn.Module, name_or_path: str | os.PathLike, local_pat
             get_weights(name)  # raises "unknown weights ..." with the known names
         head_prefix = getattr(target, "head_prefix", None)
     state = read_state_dict(path)
-    if entry is not None and len(state) != entry.num_keys:
-        raise WeightsError(f"{entry.name}: file has {len(state)} keys, expected {entry.num_keys}", path, "the file is not the registered release")
+    if entry is not None:
+        absent = [k for k in entry.sample_keys if k not in state]
+        if len(state) != entry.num_keys or absent:
+            raise WeightsError(
+                f"{entry.name}: file has {len(state)} keys (expected {entry.num_keys})"
+                + (f", lacks {', '.join(absent)}" if absent else ""),
+                path,
+                "the file is not the registered release",
+            )
     state = check_keys(target, state, path, head_prefix)
     target.load_state_dict(state, strict=True)
     return {"name": entry.name if entry else None, "path": str(path), "num_keys": len(state)}

@@ -523,6 +523,7 @@ class Engine:
         self._optimizers()
         self.selector = Selector(cfg.select or self._default_select())
         self.global_step, self.start_epoch = 0, 0
+        self._sums, self._count = {}, 0
         self.history: list[dict] = []
 
     def _class_weights(self) -> torch.Tensor | None:
@@ -579,6 +580,8 @@ class Engine:
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "selector": {k: v for k, v in self.selector.state().items() if v is not None},
             "bad_images": dict(self.bad_images),
+            "epoch_sums": dict(self._sums) if step_in_epoch else {},
+            "epoch_count": self._count if step_in_epoch else 0,
         }
         ckpt.save_state(d / "last.pt", state)
         ckpt.write_summary(d / "last.json", {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
@@ -610,6 +613,7 @@ class Engine:
         self.selector.load(state.get("selector", {}))
         self.bad_images.update(state.get("bad_images", {}))
         self.global_step = int(state["global_step"])
+        self._sums, self._count = dict(state.get("epoch_sums", {})), int(state.get("epoch_count", 0))
         self.history = [r for r in _read_epochs(self.run.root) if r["epoch"] < state["epoch"]]
         ckpt.set_rng_state(state["rng"])
         return int(state["epoch"]), int(state["step_in_epoch"])
@@ -703,17 +707,18 @@ class Engine:
 
         for epoch in range(start_epoch, cfg.epochs):
             self.method.on_epoch_start(self)
-            sums: dict[str, float] = {}
-            count = 0
-            t0 = time.time()
             first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                self._sums, self._count = {}, 0
+            sums = self._sums
+            t0 = time.time()
             bar = tqdm(total=self.iters_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
                        disable=not (cfg.progress and self.rank == 0), leave=False)
             for step_in_epoch in range(first, self.iters_per_epoch):
                 rec = self._train_step(epoch)
                 for k, v in rec.items():
                     sums[k] = sums.get(k, 0.0) + v
-                count += 1
+                self._count += 1
                 bar.update(1)
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
                     lr = {k: o.param_groups[-1]["lr"] for k, o in self.optimizers.items()}
@@ -728,7 +733,7 @@ class Engine:
             train_s = time.time() - t0
             metrics = self.evaluate_epoch(epoch)
             record = {"event": "epoch", "epoch": epoch, "step": self.global_step,
-                      "train": {k: v / max(1, count) for k, v in sums.items()},
+                      "train": {k: v / max(1, self._count) for k, v in sums.items()},
                       "lr": {k: o.param_groups[-1]["lr"] for k, o in self.optimizers.items()},
                       "train_s": round(train_s, 3), "eval_s": round(time.time() - t0 - train_s, 3), **metrics}
             best = self.selector.update(epoch, metrics)

@@ -1,0 +1,156 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shiftkit.adapt.base import Method, Phase
+from shiftkit.errors import DatasetError, ShiftkitError
+from shiftkit.train import evaluate, fit
+
+
+def test_fit_trains_improves_and_writes_run_folder(tiny, tmp_path, fast):
+    out = tmp_path / "run"
+    r = fit(tiny["source"], tiny["target"], target_test=tiny["target_test"], out=out, epochs=6, **fast)
+    accs = [h["target_test_accuracy"] for h in r["history"]]
+    assert accs[-1] >= 0.9 and accs[-1] > accs[0]
+    assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"]
+    for f in ("config.json", "log.jsonl", "metrics.json", "checkpoints/last.safetensors", "checkpoints/last.pt",
+              "checkpoints/last.json", "checkpoints/best.safetensors"):
+        assert (out / f).is_file(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 0 and cfg["resolved"]["select"] == "label-free" and "torch" in cfg["versions"]
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if x["event"] == "step"]
+    assert steps and "cls" in steps[0] and "lr" in steps[0]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["select"] == "label-free" and m["uses_target_labels"] is False
+    # the selected checkpoint is the epoch with the best label-free score
+    best = max(r["history"], key=lambda h: h["select_im"])
+    assert m["selected_epoch"] == best["epoch"]
+    # evaluate rebuilds the model from the checkpoint alone and agrees with the engine
+    ev = evaluate(out / "checkpoints" / "best.safetensors", tiny["target_test"], progress=False)
+    assert ev["accuracy"] == pytest.approx(r["selected"]["target_test_accuracy"])
+
+
+def _kill_at(step):
+    def hook(engine, global_step):
+        if global_step == step:
+            raise KeyboardInterrupt("simulated kill")
+
+    return hook
+
+
+def test_resume_after_kill_matches_uninterrupted(tiny, tmp_path, fast):
+    kw = dict(target_test=tiny["target_test"], method="dann+mcc+self-training", epochs=2, ckpt_every=2, bottleneck=16,
+              dropout=0.2, **fast)
+    a = fit(tiny["source"], tiny["target"], out=tmp_path / "a", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny["source"], tiny["target"], out=tmp_path / "b", hooks={"step_end": _kill_at(9)}, **kw)
+    state = json.loads((tmp_path / "b" / "checkpoints" / "last.json").read_text())
+    assert state["global_step"] == 8 and state["epoch"] == 1  # mid-epoch checkpoint
+    b = fit(tiny["source"], tiny["target"], out=tmp_path / "b", resume=True, **kw)
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        for k in ("select_im", "target_test_accuracy", "train_loss"):
+            assert hb[k] == pytest.approx(ha[k], rel=1e-5, abs=1e-6), k
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
+    assert wa.keys() == wb.keys() and any(k.startswith("discriminator.") for k in wa)
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+
+
+def test_resume_refuses_changed_settings_and_existing_run(tiny, tmp_path, fast):
+    fit(tiny["source"], out=tmp_path / "r", epochs=1, **fast)
+    with pytest.raises(ShiftkitError, match="--resume"):
+        fit(tiny["source"], out=tmp_path / "r", epochs=1, **fast)
+    with pytest.raises(ShiftkitError, match="lr"):
+        fit(tiny["source"], out=tmp_path / "r", epochs=1, lr=0.5, resume=True, **fast)
+
+
+def test_corrupt_image_skipped_and_reported(tiny, tmp_path, fast):
+    bad = tiny["source"] / "left" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    r = fit(tiny["source"], out=tmp_path / "skip", epochs=1, **fast)
+    assert r["skipped_images"] == ["left/broken.png"]
+    log = (tmp_path / "skip" / "log.jsonl").read_text()
+    assert '"bad_image"' in log and "left/broken.png" in log
+    with pytest.raises(DatasetError, match="broken.png"):
+        fit(tiny["source"], out=tmp_path / "fail", epochs=1, on_bad="fail", **fast)
+    assert not (tmp_path / "fail" / "checkpoints" / "last.json").exists()
+
+
+def test_label_free_selection_never_reads_target_labels(tiny, tmp_path, fast):
+    # the same target-test images with the class folders swapped: every label is wrong
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny["target_test"] / "left", swapped / "right")
+    shutil.copytree(tiny["target_test"] / "right", swapped / "left")
+    kw = dict(method="mcc", epochs=3, **fast)
+    a = fit(tiny["source"], tiny["target"], target_test=tiny["target_test"], out=tmp_path / "a", **kw)
+    b = fit(tiny["source"], tiny["target"], target_test=swapped, out=tmp_path / "b", **kw)
+    assert a["select"] == b["select"] == "label-free"
+    assert a["selected_epoch"] == b["selected_epoch"]
+    assert [h["select_im"] for h in a["history"]] == [h["select_im"] for h in b["history"]]
+    assert [h["target_test_accuracy"] for h in a["history"]] == pytest.approx(
+        [1 - h["target_test_accuracy"] for h in b["history"]])
+
+
+def test_freeze_backbone_trains_on_cached_features(tiny, tmp_path, fast):
+    kw = dict(target_test=tiny["target_test"], freeze_backbone=True, epochs=3, feature_cache=str(tmp_path / "cache"),
+              method="dann", **fast)
+    r = fit(tiny["source"], tiny["target"], out=tmp_path / "f1", **kw)
+    assert any((tmp_path / "cache").rglob("*.npz"))
+    ev = evaluate(tmp_path / "f1" / "checkpoints" / "best.safetensors", tiny["target_test"], progress=False)
+    assert ev["accuracy"] == pytest.approx(r["selected"]["target_test_accuracy"])
+    r2 = fit(tiny["source"], tiny["target"], out=tmp_path / "f2", **kw)
+    assert [h["select_im"] for h in r2["history"]] == pytest.approx([h["select_im"] for h in r["history"]])
+
+
+class TwoPhase(Method):
+    """AdaptSegNet-shaped: phase 1 updates the model, phase 2 (lazy) the discriminator on detached features."""
+
+    name = "two-phase"
+
+    def setup(self, engine):
+        self.disc = torch.nn.Linear(engine.feature_dim, 1)
+
+    def modules(self):
+        return {"discriminator": self.disc}
+
+    def phases(self, net, batch, step):
+        from shiftkit.adapt.losses import cross_entropy, domain_bce
+
+        fs, zs = net(batch["source"]["x"])
+        ft, _ = net(batch["target"]["x"])
+        self.before = self.disc.weight.detach().clone()
+        adv = domain_bce(self.disc(ft), self.disc(fs))  # fool D: target looks like source
+        p1 = Phase({"cls": cross_entropy(zs, batch["source"]["y"]), "adv": 0.01 * adv}, ("model",))
+
+        def disc_losses():
+            self.seen_update = not torch.equal(self.before, self.disc.weight)
+            return {"disc": domain_bce(self.disc(fs.detach()), self.disc(ft.detach()))}
+
+        return [p1, Phase(disc_losses, ("discriminator",))]
+
+
+def test_two_phase_method_runs_and_updates_both_groups(tiny, tmp_path, fast):
+    m = TwoPhase()
+    r = fit(tiny["source"], tiny["target"], method=m, out=tmp_path / "two", epochs=1, bottleneck=8, **fast)
+    assert m.seen_update is False  # phase 1 must not step the discriminator
+    steps = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines() if '"step"' in x]
+    assert "disc" in steps[0] and "loss_phase1" in steps[0]
+    assert r["method"] == "two-phase"
+
+
+def test_bad_settings_fail_up_front(tiny, tmp_path, fast):
+    with pytest.raises(ShiftkitError, match="epochs"):
+        fit(tiny["source"], out=tmp_path / "x", epochs=0, **fast)
+    with pytest.raises(ShiftkitError, match="unknown fit"):
+        fit(tiny["source"], out=tmp_path / "x", bogus=1, **fast)
+    with pytest.raises(ShiftkitError, match="method"):
+        fit(tiny["source"], tiny["target"], out=tmp_path / "x", method="dann+cdan", **fast)
+    with pytest.raises(ShiftkitError, match="target"):
+        fit(tiny["source"], out=tmp_path / "y", method="dann", **fast)
+    with pytest.raises(DatasetError):
+        fit(tmp_path / "nope", out=tmp_path / "z", **fast)
