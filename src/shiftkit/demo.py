@@ -55,10 +55,7 @@ def require(module: str, *names: str) -> Any:
 
 
 def _open_dataset():
-    try:
-        return require("shiftkit.data", "open_dataset")
-    except StepMissing:
-        return require("shiftkit.data.formats.readers", "open_dataset")
+    return require("shiftkit.data", "open_dataset")
 
 
 class Demo:
@@ -117,8 +114,6 @@ class Demo:
         self._top_property = top[0]["property"] if top else None
 
     def transfer(self) -> None:
-        import torch
-
         open_dataset = _open_dataset()
         FDA, HistogramMatching = require("shiftkit.transfer.methods", "FDA", "HistogramMatching")
         save_grid = require("shiftkit.report.grid", "save_grid")
@@ -235,7 +230,10 @@ def _batch(samples, dev):
 
 
 def _u8(x) -> np.ndarray:
-    return (x.clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8).permute(1, 2, 0).cpu().numpy()
+    """One (C, H, W) float image in [0, 1] -> uint8 HxWxC."""
+    import torch
+
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def _versions() -> dict:

@@ -263,3 +263,64 @@ def test_skip_bad_images(tmp_path, monkeypatch):
     errors = []
     t = compute_properties(FolderImages(root), progress=False, work_size=16, on_error="skip", errors=errors)
     assert len(t) == 3 and len(errors) == 1 and "zz_broken" in errors[0]
+
+
+def test_segmentation_object_area_and_mask_edit(tmp_path, monkeypatch):
+    from shiftkit.data import open_dataset
+
+    monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nobject\n")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(root / "images" / f"s{i}.png")
+        m = np.zeros((8, 10), np.uint8)
+        m[: 2 * (i + 1)] = 1
+        m[-1, :5] = 255  # ignore
+        Image.fromarray(m).save(root / "masks" / f"s{i}.png")
+    calls = []
+    real = P._prepare
+    monkeypatch.setattr(P, "_prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    t = compute_properties(open_dataset(root), progress=False, work_size=8)
+    assert t["object_area"].tolist() == pytest.approx([0.2, 0.4, 0.6])
+    calls.clear()
+    m = np.zeros((8, 10), np.uint8)
+    m[:1, :4] = 1
+    Image.fromarray(m).save(root / "masks" / "s2.png")
+    os.utime(root / "masks" / "s2.png", ns=(0, os.stat(root / "masks" / "s2.png").st_mtime_ns + 10**9))
+    t2 = compute_properties(open_dataset(root), progress=False, work_size=8)
+    assert len(calls) == 1 and t2["object_area"].tolist() == pytest.approx([0.2, 0.4, 0.05])
+
+
+def test_subsets_share_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    _write_folder(root, n=4)
+    ds = FolderImages(root)
+
+    class Subset:
+        def __init__(self, idx):
+            self.root, self.idx = root, idx
+
+        def __len__(self):
+            return len(self.idx)
+
+        def paths(self):
+            return [ds.paths()[i] for i in self.idx]
+
+        def __getitem__(self, k):
+            return ds[self.idx[k]]
+
+    calls = []
+    real = P._prepare
+    monkeypatch.setattr(P, "_prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    compute_properties(Subset([0, 1]), progress=False, work_size=16)
+    compute_properties(Subset([2, 3]), progress=False, work_size=16)
+    assert len(calls) == 4
+    full = compute_properties(ds, progress=False, work_size=16)
+    assert len(calls) == 4 and full.meta["cached"] == 4
+    (root / "im3.png").unlink()
+    with pytest.raises(ShiftkitError, match="im3"):
+        compute_properties(Subset([2, 3]), progress=False, work_size=16)

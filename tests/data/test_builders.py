@@ -306,3 +306,66 @@ def test_cli_list_and_prepare(tmp_path, capsys):
     assert "exists" in text.out and "train" in text.out
     assert main(["data", "prepare", "nope", "--out", str(out)]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- B5 digit-scenes
+
+
+def _fake_digits(n: int, seed: int = 0) -> DigitArrays:
+    rng = np.random.default_rng(seed)
+    return DigitArrays(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), np.arange(n) % 10)
+
+
+def test_scene_render_hand_computed():
+    from shiftkit.data.builders import scenes
+
+    img = np.zeros((28, 28), np.uint8)
+    img[4:24, 10:18] = 255  # a full-intensity bar
+    digits = DigitArrays(img[None], np.array([7]))
+    spec = scenes.SceneSpec((scenes.Placement(0, 7, 28, 10, 20, (1.0, 0.8, 0.9)),), 0.2, 0, (0, 0, 64))
+    src, mask = scenes.render_source(spec, digits)
+    assert src.shape == (64, 64, 3) and mask.shape == (64, 64)
+    assert src[20, 34].tolist() == [255, 204, 230]  # inside the bar: the digit's colour
+    assert src[0, 0].tolist() == [51, 51, 51]  # background: g = 0.2
+    assert mask[20, 34] == 8 and mask[0, 0] == 0  # class = digit + 1
+    assert set(np.unique(mask).tolist()) == {0, 8}
+    photo = np.full((64, 64, 3), 200, np.uint8)
+    tgt, tmask = scenes.render_target(spec, digits, photo)
+    assert tgt[20, 34].tolist() == [55, 55, 55]  # |200/255 - 1| * 255
+    assert tgt[0, 0].tolist() == [200, 200, 200]
+    assert np.array_equal(mask, tmask)
+
+
+def test_scene_plan_deterministic_and_disjoint_photos():
+    from shiftkit.data.builders import scenes
+
+    mnist = {"train": _fake_digits(50), "validation": _fake_digits(20, 1), "test": _fake_digits(20, 2)}
+    counts = {"source": 6, "target": 4, "target-test": 3}
+    p1 = scenes.plan_digit_scenes(0, counts=counts, mnist=mnist)
+    p2 = scenes.plan_digit_scenes(0, counts=counts, mnist=mnist)
+    p3 = scenes.plan_digit_scenes(1, counts=counts, mnist=mnist)
+    assert [len(s.items) for s in p1.splits] == [6, 4, 3]
+    a, b, c = (p.split("target").items[2].make() for p in (p1, p2, p3))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.target, b.target)
+    assert not np.array_equal(a.image, c.image)
+    assert a.image.shape == (64, 64, 3) and a.target.max() <= 10
+    n_digits = sum(p1.split("source").class_counts().values())
+    assert 6 <= n_digits <= 18
+    assert not {n for n, _, _ in scenes.PHOTOS_TRAIN} & {n for n, _, _ in scenes.PHOTOS_TEST}
+    with pytest.raises(ValueError, match="at least 1"):
+        scenes.plan_digit_scenes(0, counts={"source": 0}, mnist=mnist)
+
+
+def test_scene_prepare_writes_segmentation(tmp_path):
+    from shiftkit.data import open_dataset
+    from shiftkit.data.builders import scenes
+
+    mnist = {"train": _fake_digits(30), "validation": _fake_digits(10, 1), "test": _fake_digits(10, 2)}
+    p = scenes.plan_digit_scenes(0, counts={"source": 3, "target": 2, "target-test": 2}, mnist=mnist)
+    prepare(p, tmp_path / "ds", progress=False, log=lambda m: None)
+    ds = open_dataset(tmp_path / "ds" / "target-test")
+    assert ds.format == "segmentation" and len(ds) == 2 and ds.classes == scenes.CLASSES
+    s = ds[0]
+    assert s.image.shape == (64, 64, 3) and s.target.shape == (64, 64)
+    readme = (tmp_path / "ds" / "target-test" / "README").read_text()
+    assert "chelsea" in readme and "astronaut" not in readme and "digit + 1" in readme

@@ -270,3 +270,19 @@ def test_non_contiguous_inputs():
     assert torch.equal(TF.histograms(rgb_view), TF.histograms(ref))
     assert torch.equal(TF.histogram_match_images(rgb_view, tgt), TF.histogram_match_images(ref, tgt))
     assert torch.allclose(TF.fda(rgb_view.transpose(2, 3), tgt, 0.2), TF.fda(ref.transpose(2, 3).contiguous(), tgt, 0.2))
+
+
+@pytest.mark.parametrize("h, w, beta", [(16, 16, 0.1), (15, 22, 0.2), (9, 8, 0.5), (12, 12, 1.0)])
+def test_fda_dft_path_equals_fft_path(h, w, beta):
+    src, tgt = _rand(2, 3, h, w, seed=40), _rand(2, 3, h, w, seed=41)
+    a = TF.fda(src, tgt, beta, clamp=False, method="fft")
+    b = TF.fda(src, tgt, beta, clamp=False, method="dft")
+    assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_fda_zero_amplitude_takes_target_amplitude():
+    src = torch.zeros(1, 1, 8, 8, dtype=torch.float64)  # every coefficient is 0: phase 0
+    tgt = _rand(1, 1, 8, 8, seed=42)
+    for m in ("fft", "dft"):
+        out = TF.fda(src, tgt, 0.01, clamp=False, method=m)  # b = 0: the DC term only
+        assert torch.allclose(out, torch.full_like(out, float(tgt.mean())), atol=1e-12)

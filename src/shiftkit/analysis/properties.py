@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftkit.data.sample import Boxes, Sample
-from shiftkit.errors import DatasetError, ShiftkitError
+from shiftkit.errors import DatasetError, ImageError, ShiftkitError
 from shiftkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 PIXEL_PROPERTIES = ("brightness", "contrast", "sharpness", "saturation", "colourfulness", "noise", "entropy")
@@ -38,7 +38,7 @@ TARGET_PROPERTIES = ("object_area",)
 PROPERTIES = PIXEL_PROPERTIES + SIZE_PROPERTIES + TARGET_PROPERTIES
 
 # Bump when a formula or the working-resolution pipeline changes: old cache files are ignored.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _BT601 = (0.299, 0.587, 0.114)
 
 
@@ -450,9 +450,9 @@ def compute_properties(
     Memory stays flat: only the table is kept. For a Dataset (has `root` and `paths()`), rows are
     cached under ``cache_dir()/properties/``, keyed by the image file's SHA-256 (with its size and
     mtime as a fast pre-key), so a second call recomputes only new or changed files. For
-    segmentation/detection the cache is also tied to a signature of the dataset's non-image files
-    (masks, annotations): when one changes every row is recomputed (its target may have changed).
-    An iterable of Samples is never cached. `workers` > 0 decodes in DataLoader worker processes.
+    segmentation/detection a row is also keyed by its target (mask file size/mtime, or a digest
+    of its boxes; see `_target_keys`), so an edited mask recomputes that row. Rows of files not
+    listed now (another subset of the same root) stay in the cache. An iterable of Samples is never cached. `workers` > 0 decodes in DataLoader worker processes.
     On CPU the tensor maths runs with `threads` intra-op threads (default 1, restored after):
     these ops are small and memory-bound, and on a busy machine torch's thread pool made them
     10-20x slower; parallelism comes from the decoding workers instead (None keeps torch's setting).
@@ -550,22 +550,50 @@ def _cache_file(root: Path, work_size: int) -> Path:
     return cache_dir() / "properties" / f"{key}.npz"
 
 
-def _annotation_signature(root: Path, image_paths: set[str]) -> str:
-    """Digest of (path, size, mtime) of every file under root that is not a listed image."""
+def _target_keys(ds: Any, root: Path, paths: list[str], task: str) -> list[str]:
+    """Per row, a short key of what the object-area column depends on (besides the image).
+
+    shiftkit Datasets index their targets without decoding: a mask file is keyed by its path,
+    size and mtime; boxes by a digest of their values. Classification/unlabeled rows need none.
+    Other dataset objects with masks or boxes fall back to one signature of every file under the
+    root that is not a listed image (path, size, mtime), shared by all rows: any edit recomputes all.
+    """
+    if task not in ("segmentation", "detection"):
+        return [""] * len(paths)
+    entries = getattr(ds, "entries", None)
+    if isinstance(entries, (list, tuple)) and len(entries) == len(paths):
+        keys = []
+        for e in entries:
+            mask = getattr(e, "mask", None)
+            if mask:
+                try:
+                    st = (root / mask).stat()
+                    keys.append(f"mask:{mask}:{st.st_size}:{st.st_mtime_ns}")
+                except OSError:
+                    keys.append(f"mask:{mask}:missing")
+                continue
+            t = getattr(e, "target", None)
+            if isinstance(t, Boxes):
+                keys.append("boxes:" + hashlib.sha256(t.xyxy.tobytes() + t.labels.tobytes()).hexdigest()[:32])
+            elif isinstance(t, np.ndarray):
+                keys.append("array:" + hashlib.sha256(np.ascontiguousarray(t).tobytes() + str(t.shape).encode()).hexdigest()[:32])
+            else:
+                keys.append(f"target:{t!r}"[:200])
+        return keys
+    listed = set(paths)
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            if rel in image_paths or name == "shiftkit.json":
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel in listed or name == "shiftkit.json":
                 continue
             try:
-                st = p.stat()
+                st = (root / rel).stat()
             except OSError:
                 continue
             h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return ["root:" + h.hexdigest()[:32]] * len(paths)
 
 
 def _load_cache(path: Path) -> dict[str, Any] | None:
@@ -579,7 +607,7 @@ def _load_cache(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _save_cache(path: Path, rows: dict[str, dict], signature: str) -> None:
+def _save_cache(path: Path, rows: dict[str, dict]) -> None:
     paths = sorted(rows)
     buf = io.BytesIO()
     np.savez(
@@ -591,7 +619,7 @@ def _save_cache(path: Path, rows: dict[str, dict], signature: str) -> None:
         sha256=np.array([rows[p]["sha256"] for p in paths], dtype=str),
         values=np.array([rows[p]["values"] for p in paths], dtype=np.float64).reshape(len(paths), len(PROPERTIES)),
         features=np.array([rows[p]["features"] for p in paths], dtype=np.float32).reshape(len(paths), FEATURE_DIM),
-        signature=np.array(signature),
+        tkeys=np.array([rows[p]["tkey"] for p in paths], dtype=str),
     )
     atomic_write_bytes(path, buf.getvalue())
 
@@ -603,40 +631,63 @@ def _compute_dataset(ds, batch_size, cache, progress, workers, work_size, dev, f
         raise DatasetError(f"paths() lists {len(paths)} images but len() is {len(ds)}", root)
     task = str(getattr(getattr(ds, "task", None), "value", getattr(ds, "task", "")) or "")
     ignore_index = getattr(ds, "ignore_index", 255)
-    stats = [(root / p).stat() for p in paths]
-    known: dict[str, dict] = {}  # path -> cached row (prekey match or content match)
+    stats: list[os.stat_result | None] = []
+    failed: set[int] = set()
+    for i, p in enumerate(paths):
+        try:
+            stats.append((root / p).stat())
+        except OSError as exc:
+            err = ImageError(f"cannot read file ({exc.strerror})", root / p, "check the path and permissions")
+            if on_error == "raise":
+                raise err from None
+            stats.append(None)
+            failed.add(i)
+            if errors is not None:
+                errors.append(str(err))
+    tkeys = _target_keys(ds, root, paths, task)
+    known: dict[str, dict] = {}  # path -> cached row (pre-key match or content match)
+    kept: dict[str, dict] = {}  # cached rows of files not listed now (another subset of the root) that still exist
     cache_path = _cache_file(root, work_size) if cache else None
-    signature = _annotation_signature(root, set(paths)) if cache and task in ("segmentation", "detection") else ""
+    data = _load_cache(cache_path) if cache_path is not None else None
     todo: list[int] = []
-    if cache_path is not None:
-        data = _load_cache(cache_path)
-        if data is not None and str(data["signature"]) == signature:
-            by_path = {str(p): j for j, p in enumerate(data["paths"])}
-            by_hash = {str(h): j for j, h in enumerate(data["sha256"])}
+    if data is not None:
+        by_path = {str(p): j for j, p in enumerate(data["paths"])}
+        by_hash: dict[tuple[str, str], int] = {(str(h), str(t)): j for j, (h, t) in enumerate(zip(data["sha256"], data["tkeys"]))}
 
-            def row(j: int, st: os.stat_result, digest: str) -> dict:
-                return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest,
-                        "values": data["values"][j], "features": data["features"][j]}
+        def row(j: int, st: os.stat_result, digest: str, tkey: str) -> dict:
+            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest, "tkey": tkey,
+                    "values": data["values"][j], "features": data["features"][j]}
 
-            for i, (p, st) in enumerate(zip(paths, stats)):
-                j = by_path.get(p)
-                if j is not None and int(data["size"][j]) == st.st_size and int(data["mtime_ns"][j]) == st.st_mtime_ns:
-                    known[p] = row(j, st, str(data["sha256"][j]))
-                    continue
-                digest = sha256_file(root / p)  # pre-key missed: same content under a new mtime/name?
-                j = by_hash.get(digest)
-                if j is not None:
-                    known[p] = row(j, st, digest)
-                else:
-                    todo.append(i)
-        else:
-            todo = list(range(len(paths)))
+        for i, (p, st, tk) in enumerate(zip(paths, stats, tkeys)):
+            if st is None:
+                continue
+            j = by_path.get(p)
+            if (j is not None and int(data["size"][j]) == st.st_size and int(data["mtime_ns"][j]) == st.st_mtime_ns
+                    and str(data["tkeys"][j]) == tk):
+                known[p] = row(j, st, str(data["sha256"][j]), tk)
+                continue
+            digest = sha256_file(root / p)  # pre-key missed: same content under a new mtime or name?
+            j = by_hash.get((digest, tk))
+            if j is not None:
+                known[p] = row(j, st, digest, tk)
+            else:
+                todo.append(i)
+        listed = set(paths)
+        for j, p in enumerate(data["paths"]):
+            p = str(p)
+            if p in listed:
+                continue
+            try:
+                st = (root / p).stat()
+            except OSError:
+                continue  # deleted: forget it
+            if int(data["size"][j]) == st.st_size and int(data["mtime_ns"][j]) == st.st_mtime_ns:
+                kept[p] = row(j, st, str(data["sha256"][j]), str(data["tkeys"][j]))
     else:
-        todo = list(range(len(paths)))
-    meta = {**meta, "root": str(root), "task": task, "cached": len(paths) - len(todo), "computed": 0}
+        todo = [i for i in range(len(paths)) if i not in failed]
+    meta = {**meta, "root": str(root), "task": task, "cached": len(known), "computed": 0}
 
     new_rows: dict[str, dict] = {}
-    failed: set[int] = set()
     if todo:
         loader = torch.utils.data.DataLoader(
             _Items(ds, todo, work_size, ignore_index, root if cache else None, paths, on_error),
@@ -644,7 +695,7 @@ def _compute_dataset(ds, batch_size, cache, progress, workers, work_size, dev, f
             persistent_workers=False, prefetch_factor=4 if workers else None,
         )
         with _progress(len(paths), progress, desc) as bar:
-            bar.update(len(paths) - len(todo))
+            bar.update(len(known))
             for batch in loader:
                 good = [(i, it) for i, it, err in batch if it is not None]
                 for i, it, err in batch:
@@ -658,13 +709,13 @@ def _compute_dataset(ds, batch_size, cache, progress, workers, work_size, dev, f
                         v = [*(vals[k][j] for k in PIXEL_PROPERTIES), it["width"], it["height"],
                              it["width"] / it["height"], it["object_area"]]
                         st = stats[i]
-                        new_rows[paths[i]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                        new_rows[paths[i]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "tkey": tkeys[i],
                                               "sha256": it.get("sha256", ""), "values": np.array(v), "features": f[j]}
                 bar.update(len(batch))
         meta["computed"] = len(new_rows)
     rows = {**known, **new_rows}
     if cache_path is not None and new_rows:
-        _save_cache(cache_path, rows, signature)
+        _save_cache(cache_path, {**kept, **rows})
     keep = [p for i, p in enumerate(paths) if i not in failed]
     values = np.array([rows[p]["values"] for p in keep], dtype=np.float64).reshape(len(keep), len(PROPERTIES))
     cols = {k: values[:, j].copy() for j, k in enumerate(PROPERTIES)}

@@ -14,7 +14,6 @@ import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -121,7 +120,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
 
 
-def near_duplicates(hashes: np.ndarray, max_bits: int, block_elems: int = 1 << 22) -> list[tuple[int, int, int]]:
+def near_duplicates(hashes: np.ndarray, max_bits: int, block_elems: int = 1 << 20) -> list[tuple[int, int, int]]:
     """(j, i, distance) for each j whose closest earlier-indexed match i is within `max_bits`.
 
     Vectorised in row blocks of about `block_elems` pairs: 50k hashes are 1.25e9 pairs, seconds
@@ -130,7 +129,7 @@ def near_duplicates(hashes: np.ndarray, max_bits: int, block_elems: int = 1 << 2
     h = np.asarray(hashes, dtype=np.uint64).reshape(-1)
     n = len(h)
     out = []
-    rows = max(1, block_elems // max(n, 1))
+    rows = max(1, min(n, block_elems // max(n, 1)))
     upper = np.triu(np.ones((rows, rows), dtype=bool))  # j compares only with earlier images i < j
     for start in range(1, n, rows):
         stop = min(n, start + rows)

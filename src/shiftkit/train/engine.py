@@ -470,7 +470,8 @@ class Engine:
         self.model = self._build_model(init_info)
         bb = getattr(self.model, "backbone", None)
         norm = getattr(self.model, "normalization", None)
-        self.size = int(cfg.size or getattr(norm, "input_size", 224) or 224)
+        init_size = (init_info or {}).get("input_size") or [None]
+        self.size = int(cfg.size or init_size[0] or getattr(norm, "input_size", 224) or 224)
         self.channels = int(getattr(norm, "in_channels", 3) or 3)
         if cfg.freeze_backbone:
             if bb is None or not hasattr(bb, "freeze"):
@@ -692,6 +693,15 @@ class Engine:
                     torch.distributed.all_reduce(p.grad)
                     p.grad.div_(self.world)
 
+    def _broadcast(self, params: bool = False) -> None:
+        """Rank 0's buffers (BatchNorm statistics), and parameters when asked, to every rank."""
+        if self.world <= 1:
+            return
+        mods = [self.model, *self.method_modules.values()]
+        for m in mods:
+            for t in list(m.buffers()) + (list(m.parameters()) if params else []):
+                torch.distributed.broadcast(t.data, 0)
+
     def run_training(self) -> dict[str, Any]:
         cfg = self.cfg
         t_start = time.time()
@@ -703,6 +713,7 @@ class Engine:
             self.run.log({"event": "resume", "epoch": start_epoch, "step_in_epoch": start_step, "global_step": self.global_step})
         else:
             self.run.write_config(self.config_dict())
+        self._broadcast(params=True)
         from tqdm import tqdm
 
         for epoch in range(start_epoch, cfg.epochs):
@@ -730,6 +741,7 @@ class Engine:
                 if "step_end" in self.hooks:
                     self.hooks["step_end"](self, self.global_step)
             bar.close()
+            self._broadcast()
             train_s = time.time() - t0
             metrics = self.evaluate_epoch(epoch)
             record = {"event": "epoch", "epoch": epoch, "step": self.global_step,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,49 +100,141 @@ def fda_window(height: int, width: int, beta: float, device=None) -> torch.Tenso
     return (ky[:, None] <= b) & (kx[None, :] <= b)
 
 
-def fda(src: torch.Tensor, tgt: torch.Tensor, beta: float = 0.01, clamp: bool = True) -> torch.Tensor:
+def fda(src: torch.Tensor, tgt: torch.Tensor, beta: float = 0.01, clamp: bool = True, method: str = "auto") -> torch.Tensor:
     """Fourier domain adaptation (Yang & Soatto, CVPR 2020): the target's low-frequency amplitude, the source's phase.
 
     Per image and channel, with F = rfft2, A = |F|, P = angle(F) and M the window of `fda_window`:
 
         out = irfft2( (M * A(tgt) + (1 - M) * A(src)) * exp(i * P(src)) )
+            = src + irfft2( M * (A(tgt) / A(src) - 1) * F(src) )
 
     A target of another size is resized to the source's size first; a target batch of 1 styles
     every source image. Phase (edges, geometry) is the source's, so masks and boxes stay valid.
     `clamp` clips the result to [0, 1] (swapped amplitudes can overshoot slightly).
-    Differentiable in both inputs.
+
+    `method`: "fft" computes full FFTs; "dft" evaluates only the window's few coefficients as thin
+    matrix products with cos/sin bases (the second form above, O(H W b) instead of O(H W log HW):
+    much faster for the usual small beta); "auto" picks "dft" when b <= 8. Both are exact and
+    differentiable in both inputs.
     """
     check_images(src, "source")
     tgt = prepare_target(src, tgt, resize=True)
+    if method not in ("auto", "fft", "dft"):
+        raise ValueError(f"method must be auto, fft or dft, got {method!r}")
     h, w = src.shape[-2:]
     mask = fda_window(h, w, beta, device=src.device)
     if not bool(mask.any()):
         return src.clamp(0, 1) if clamp else src
-    fs = torch.fft.rfft2(src, norm="backward")
-    ft = torch.fft.rfft2(tgt, norm="backward")
-    amp = torch.where(mask, ft.abs().expand_as(fs), fs.abs())
-    out = torch.fft.irfft2(torch.polar(amp, fs.angle()), s=(h, w), norm="backward")
+    b = int(math.floor(min(h, w) * float(beta)))
+    if method == "dft" or (method == "auto" and b <= 8):
+        out = _fda_dft(src, tgt, b)
+    else:
+        fs = torch.fft.rfft2(src, norm="backward")
+        ft = torch.fft.rfft2(tgt, norm="backward")
+        amp_s = fs.abs()
+        ratio = torch.where(amp_s > 0, ft.abs() / amp_s.clamp_min(1e-30), torch.zeros_like(amp_s))
+        # inside the window: |F_t| * F_s / |F_s| (and |F_t| itself where F_s = 0, whose phase is 0)
+        new = torch.where(mask & (amp_s > 0), fs * ratio, torch.where(mask, ft.abs().to(fs.dtype).expand_as(fs), fs))
+        out = torch.fft.irfft2(new, s=(h, w), norm="backward")
     return out.clamp(0, 1) if clamp else out
+
+
+def _dft_bases(n: int, freqs: torch.Tensor, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of 2 pi k x / n, shape (n, len(freqs)): the DFT restricted to `freqs`."""
+    x = torch.arange(n, dtype=torch.float64, device=device)
+    ang = 2 * math.pi * torch.outer(x, freqs.to(torch.float64)) / n
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def _fda_dft(src: torch.Tensor, tgt: torch.Tensor, b: int) -> torch.Tensor:
+    """FDA through the window's coefficients only (see `fda`); exact up to float rounding.
+
+    With X = A x B over the window rows R = {|ky| <= b} and rfft columns C = {0..b},
+    A = Ac - i As, B = Bc - i Bs, D = M (|T| / |X| - 1) X and c_kx = 1 for kx in {0, W/2}, else 2:
+        out = x + Re( A^H (c * D) B^H ) / (H W).
+    """
+    h, w = src.shape[-2:]
+    dev, dt = src.device, src.dtype
+    ky = torch.fft.fftfreq(h, d=1.0 / h, device=dev).round()
+    rows = ky[ky.abs() <= b]
+    kx = torch.fft.rfftfreq(w, d=1.0 / w, device=dev).round()
+    cols = kx[kx <= b]
+    ac, as_ = _dft_bases(h, rows, dt, dev)  # (H, R)
+    bc, bs = _dft_bases(w, cols, dt, dev)  # (W, C)
+    bcs = torch.cat([bc, bs], dim=1)  # (W, 2C)
+
+    def window(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = x @ bcs  # (B, C, H, 2C): x Bc | x Bs
+        pc, ps = p[..., : cols.numel()], p[..., cols.numel():]
+        act, ast = ac.T, as_.T
+        # X = (Ac - i As) x (Bc - i Bs) = (Ac x Bc - As x Bs) - i (Ac x Bs + As x Bc)
+        real = act @ pc - ast @ ps
+        imag = -(act @ ps + ast @ pc)
+        return real, imag
+
+    xr, xi = window(src)
+    tr, ti = window(tgt)
+    amp_x = torch.sqrt(xr * xr + xi * xi)
+    amp_t = torch.sqrt(tr * tr + ti * ti)
+    nz = amp_x > 0
+    ratio = torch.where(nz, amp_t / torch.where(nz, amp_x, torch.ones_like(amp_x)), torch.zeros_like(amp_x))
+    # new coefficient: ratio * X (or |T| with phase 0 where X = 0); D = new - X
+    dr = torch.where(nz, (ratio - 1) * xr, amp_t - xr)
+    di = torch.where(nz, (ratio - 1) * xi, -xi)
+    c = torch.where((cols == 0) | ((w % 2 == 0) & (cols == w // 2)), 1.0, 2.0).to(dt)
+    dr, di = dr * c, di * c
+    # M = A^H E = (Ac^T + i As^T)(Er + i Ei) -> (H, C); out_delta = Mr Bc^T - Mi Bs^T
+    mr = ac @ dr - as_ @ di
+    mi = ac @ di + as_ @ dr
+    delta = torch.cat([mr, -mi], dim=-1) @ bcs.T
+    return src + delta / (h * w)
 
 
 # --------------------------------------------------------------------------- histogram matching
 def to_levels(x: torch.Tensor) -> torch.Tensor:
-    """Quantise [0, 1] floats to uint8 levels 0..255 (int64), round-half-to-even like numpy."""
-    return (x.clamp(0, 1) * 255.0).round().to(torch.int64)
+    """Quantise [0, 1] floats to uint8 levels 0..255 (uint8), round-half-to-even like numpy."""
+    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def check_uint8_images(x: object, name: str = "images") -> torch.Tensor:
+    """Validate a (B, C, H, W) uint8 batch with C in {1, 3}."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{name} must be uint8 here, got dtype {x.dtype}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.numel() == 0:
+        raise ValueError(f"{name} must have shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    return x
+
+
+def _rows_u8(x: torch.Tensor) -> torch.Tensor:
+    b, c = x.shape[:2]
+    return x.reshape(b * c, -1)  # copies only when x is a non-contiguous view
+
+
+def histograms_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel 256-bin counts of a uint8 batch: (B, C, H, W) -> (B, C, 256) int64.
+
+    CUDA: one `bincount` over offset levels (level + 256 * row). CPU: numpy's bincount per row,
+    which reads uint8 directly (torch's CPU bincount needs an int64 copy of every pixel first).
+    """
+    check_uint8_images(x)
+    b, c = x.shape[:2]
+    rows = _rows_u8(x)
+    if rows.device.type == "cpu":
+        r = rows.numpy()
+        out = np.stack([np.bincount(r[k], minlength=256) for k in range(r.shape[0])])
+        return torch.from_numpy(out.astype(np.int64, copy=False)).view(b, c, 256)
+    offs = torch.arange(b * c, device=x.device).view(-1, 1) * 256
+    return torch.bincount((rows.long() + offs).view(-1), minlength=b * c * 256).view(b, c, 256)
 
 
 def histograms(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """Per-image, per-channel 256-bin histograms of the uint8 levels: (B, C, H, W) -> (B, C, 256).
-
-    One `bincount` over offset levels (level + 256 * (b * C + c)) does the whole batch.
-    `normalize` divides by H * W, so each row sums to 1.
-    """
+    """Per-image, per-channel 256-bin histograms of the uint8 levels of a float batch in [0, 1]:
+    (B, C, H, W) -> (B, C, 256) float64; `normalize` divides by H * W so each row sums to 1."""
     check_images(x)
-    b, c = x.shape[:2]
-    lv = to_levels(x).reshape(b * c, -1)
-    offs = torch.arange(b * c, device=x.device).view(-1, 1) * 256
-    h = torch.bincount((lv + offs).view(-1), minlength=b * c * 256).view(b, c, 256).to(torch.float64)
-    return h / lv.shape[1] if normalize else h
+    h = histograms_uint8(to_levels(x)).to(torch.float64)
+    return h / (x.shape[-1] * x.shape[-2]) if normalize else h
 
 
 def cdf_from_hist(hist: torch.Tensor) -> torch.Tensor:
@@ -149,6 +242,51 @@ def cdf_from_hist(hist: torch.Tensor) -> torch.Tensor:
     hist = hist.to(torch.float64)
     cdf = hist.cumsum(-1)
     return cdf / cdf[..., -1:].clamp_min(1e-12)
+
+
+def _check_ref_hist(ref_hist: object, b: int, c: int, device) -> torch.Tensor:
+    if not isinstance(ref_hist, torch.Tensor):
+        raise ValueError(f"ref_hist must be a torch.Tensor, got {type(ref_hist).__name__}")
+    ref = ref_hist.to(device)
+    if ref.ndim == 2:
+        ref = ref.unsqueeze(0)
+    if ref.ndim != 3 or ref.shape[-1] != 256 or ref.shape[1] != c or ref.shape[0] not in (1, b):
+        raise ValueError(f"ref_hist must have shape ({b} or 1, {c}, 256), got {tuple(ref_hist.shape)}")
+    if bool((ref < 0).any()) or bool((ref.sum(-1) <= 0).any()):
+        raise ValueError("ref_hist must be non-negative with a positive total per channel")
+    return ref
+
+
+def matching_lut(src_hist: torch.Tensor, ref_hist: torch.Tensor) -> torch.Tensor:
+    """256-entry lookup tables (B, C, 256) uint8: LUT[v] = min{u : F_r(u) >= F_s(v)} (see `histogram_match`)."""
+    b, c = src_hist.shape[:2]
+    ref_cdf = cdf_from_hist(ref_hist).expand(b, c, 256).reshape(b * c, 256).contiguous()
+    src_cdf = cdf_from_hist(src_hist).reshape(b * c, 256)
+    # tolerance against float noise in cumulative sums: a level matches once F_r >= F_s - eps
+    lut = torch.searchsorted(ref_cdf, (src_cdf - 1e-9).contiguous(), side="left").clamp_(0, 255)
+    return lut.to(torch.uint8).view(b, c, 256)
+
+
+def apply_lut_uint8(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """out[b, c] = lut[b, c][x[b, c]] for a uint8 batch and (B, C, 256) uint8 tables."""
+    b, c = x.shape[:2]
+    rows = _rows_u8(x)
+    lut = lut.reshape(b * c, 256)
+    if rows.device.type == "cpu":
+        r, t = rows.numpy(), lut.contiguous().numpy()
+        out = np.empty_like(r)
+        for k in range(r.shape[0]):
+            np.take(t[k], r[k], out=out[k])
+        return torch.from_numpy(out).view(x.shape)
+    return torch.gather(lut.long(), 1, rows.long()).to(torch.uint8).view(x.shape)
+
+
+def histogram_match_uint8(src: torch.Tensor, ref_hist: torch.Tensor) -> torch.Tensor:
+    """`histogram_match` on a uint8 batch, returning uint8: no float copies of the pixels at all."""
+    check_uint8_images(src, "source")
+    b, c = src.shape[:2]
+    ref = _check_ref_hist(ref_hist, b, c, src.device)
+    return apply_lut_uint8(src, matching_lut(histograms_uint8(src), ref))
 
 
 def histogram_match(src: torch.Tensor, ref_hist: torch.Tensor) -> torch.Tensor:
@@ -162,26 +300,12 @@ def histogram_match(src: torch.Tensor, ref_hist: torch.Tensor) -> torch.Tensor:
     (|F_out(u) - F_r(u)| <= max_v p_s(v)). `ref_hist` is (B, C, 256), (1, C, 256) or (C, 256)
     (e.g. a target set's mean histogram), unnormalised counts or probabilities, channels already
     matched to the source's (see `match_channels`). Output values lie on the uint8 grid.
-    Not differentiable (it quantises).
+    Not differentiable (it quantises). `histogram_match_uint8` is the same on uint8 tensors.
     """
     check_images(src, "source")
-    if not isinstance(ref_hist, torch.Tensor):
-        raise ValueError(f"ref_hist must be a torch.Tensor, got {type(ref_hist).__name__}")
     b, c = src.shape[:2]
-    ref = ref_hist.to(src.device)
-    if ref.ndim == 2:
-        ref = ref.unsqueeze(0)
-    if ref.ndim != 3 or ref.shape[-1] != 256 or ref.shape[1] != c or ref.shape[0] not in (1, b):
-        raise ValueError(f"ref_hist must have shape ({b} or 1, {c}, 256), got {tuple(ref_hist.shape)}")
-    if bool((ref < 0).any()) or bool((ref.sum(-1) <= 0).any()):
-        raise ValueError("ref_hist must be non-negative with a positive total per channel")
-    ref_cdf = cdf_from_hist(ref).expand(b, c, 256).reshape(b * c, 256).contiguous()
-    src_cdf = cdf_from_hist(histograms(src, normalize=False)).reshape(b * c, 256)
-    # tolerance against float noise in cumulative sums: a level matches once F_r >= F_s - eps
-    lut = torch.searchsorted(ref_cdf, (src_cdf - 1e-9).contiguous(), side="left").clamp_(0, 255)
-    lv = to_levels(src).reshape(b * c, -1)
-    out = torch.gather(lut, 1, lv).reshape(src.shape)
-    return out.to(src.dtype) / 255.0
+    _check_ref_hist(ref_hist, b, c, src.device)
+    return histogram_match_uint8(to_levels(src), ref_hist).to(src.dtype) / 255.0
 
 
 def histogram_match_images(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

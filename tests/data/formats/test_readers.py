@@ -239,3 +239,24 @@ def test_subset_and_labels_errors(tmp_path, build):
         ds[6]
     with pytest.raises(Exception, match="classification"):
         open_dataset(build["folder"](tmp_path / "f")).labels()
+
+
+def test_yolo_classes_txt_inside_labels_is_not_a_label(tmp_path, build):
+    root = build["yolo"](tmp_path / "y")
+    (root / "classes.txt").rename(root / "labels" / "classes.txt")
+    ds = open_dataset(root)
+    assert ds.classes == ["person", "bike"] and ds.info["classes_file"] == "labels/classes.txt"
+    from shiftkit.data.validate import validate
+    assert validate(root, few_samples=0).ok
+
+
+def test_coco_prefix_decided_by_first_existing_image(tmp_path, build):
+    root = build["coco"](tmp_path / "k")
+    obj = json.loads((root / "annotations.json").read_text())
+    obj["images"].insert(0, {"id": 1, "file_name": "gone.png"})
+    (root / "annotations.json").write_text(json.dumps(obj))
+    with pytest.raises(DatasetError, match="gone.png"):
+        open_dataset(root)
+    from shiftkit.data.validate import validate
+    rep = validate(root, few_samples=0)
+    assert rep.counts() == {"missing-file": 1} and rep.stats["images"] == 2

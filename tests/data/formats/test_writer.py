@@ -233,3 +233,31 @@ def test_unlabeled_cannot_be_written_as_labeled(tmp_path, build):
         DatasetWriter(tmp_path / "out", like=ds, format="imagefolder")
     out = write_all(ds, tmp_path / "out")
     assert open_dataset(out, task="unlabeled").paths() == ds.paths()
+
+
+def test_yolo_data_yaml_round_trip_keeps_other_keys(tmp_path, build):
+    ds = open_dataset(build["yolo"](tmp_path / "in", yaml=True))
+    out = write_all(ds, tmp_path / "out")
+    text = (out / "data.yaml").read_text()
+    assert text.startswith("path: .\ntrain: images\n") and "bike" in text and not (out / "classes.txt").exists()
+    ds2 = open_dataset(out)
+    assert ds2.classes == ["person", "bike"] and ds2.info["classes_file"] == "data.yaml"
+    write_all(ds2, tmp_path / "out2")
+    assert (tmp_path / "out2" / "data.yaml").read_text() == text
+
+
+@pytest.mark.parametrize("classes_json", [
+    ["bg", "road", "car"],
+    {"classes": [{"id": 0, "name": "bg"}, {"id": 4, "name": "car"}], "ignore_index": 250},
+])
+def test_segmentation_classes_json_round_trip(tmp_path, build, classes_json):
+    root = build["segmentation"](tmp_path / "in")
+    (root / "classes.txt").unlink()
+    (root / "classes.json").write_text(json.dumps(classes_json))
+    ds = open_dataset(root)
+    out = write_all(ds, tmp_path / "out")
+    assert json.loads((out / "classes.json").read_text()) == classes_json
+    ds2 = open_dataset(out)
+    assert (ds2.classes, ds2.class_ids, ds2.ignore_index) == (ds.classes, ds.class_ids, ds.ignore_index)
+    for a, b in zip(ds.iter_samples(), ds2.iter_samples()):
+        assert np.array_equal(a.target, b.target)

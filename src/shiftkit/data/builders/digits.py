@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from shiftkit.data.builders.core import BenchmarkPlan, Item, SplitPlan, subset
 from shiftkit.data.builders.sources import (
     DIGITS_LICENCE,

@@ -1,7 +1,7 @@
 """B5 `digit-scenes`: segmentation UDA from clean digit renders to MNIST-M-style textured scenes.
 
 Each canvas (64x64 RGB) holds 1-3 MNIST digits, each scaled to 24..36 px and placed at random
-(boxes overlapping at most 30% of the smaller box where a free spot is found in 20 tries).
+(boxes overlapping at most 20% of the smaller box where a free spot is found in 20 tries).
 With a = digit intensity in [0, 1] and colour c in [0.75, 1]^3 (one per digit):
 
     source (clean):  img = g * (1 - a) + c * a,  g in [0, 0.25] a flat dark gray per canvas
@@ -30,6 +30,7 @@ CLASSES = ["background"] + [str(d) for d in range(10)]
 SIZE = 64
 DIGIT_MIN, DIGIT_MAX = 24, 36
 STROKE = 0.5  # digit intensity above which a pixel is labelled as the digit
+MAX_OVERLAP = 0.2  # of the smaller box, when a free spot is found in 20 tries
 
 # (function in skimage.data, file in skimage/data, licence as its docstring states)
 PHOTOS_TRAIN = [
@@ -87,7 +88,7 @@ def draw_spec(rng: np.random.Generator, digits: DigitArrays, photo_shapes: list[
         size = int(rng.integers(DIGIT_MIN, DIGIT_MAX + 1))
         for _try in range(20):
             y, x = (int(v) for v in rng.integers(0, SIZE - size + 1, 2))
-            if all(_overlap((y, x, size), (p.y, p.x, p.size)) <= 0.3 for p in placed):
+            if all(_overlap((y, x, size), (p.y, p.x, p.size)) <= MAX_OVERLAP for p in placed):
                 break
         idx = int(rng.integers(0, len(digits)))
         colour = tuple(float(v) for v in rng.uniform(0.75, 1.0, 3))

@@ -13,17 +13,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 
-def _writer_class():
-    try:
-        from shiftkit.data import DatasetWriter
-    except ImportError:
-        from shiftkit.data.formats import DatasetWriter
-    return DatasetWriter
-
-
 def write_split(target: Path, split, provenance: dict, progress: bool = True) -> None:
     """Write `split.items` as a `split.format` dataset at `target` (resumes an interrupted run)."""
-    DatasetWriter = _writer_class()
+    from shiftkit.data import DatasetWriter
+
     classes = list(split.classes) if split.format != "folder" else None
     with DatasetWriter(target, format=split.format, classes=classes, provenance=provenance) as w:
         bar = tqdm(split.items, desc=split.name, unit="img", disable=not progress, file=sys.stderr, leave=False)

@@ -68,12 +68,23 @@ def _is_manifest_csv(path: Path) -> bool:
     return bool(h) and "path" in h and "label" in h
 
 
+_JSON_CACHE: dict = {}
+
+
 def _load_json(path: Path) -> Any:
+    """Parse a JSON file; the last one parsed is kept so detection + reading parse a COCO file once."""
     try:
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+        if key in _JSON_CACHE:
+            return _JSON_CACHE[key]
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            obj = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"not valid JSON ({exc})", path, "fix or re-export the file") from None
+    _JSON_CACHE.clear()
+    _JSON_CACHE[key] = obj
+    return obj
 
 
 def _coco_candidates(root: Path) -> list[Path]:
@@ -232,6 +243,23 @@ def read_yaml_names(path: Path) -> list[str] | None:
     return None
 
 
+def yaml_without_names(text: str) -> str:
+    """data.yaml minus its `names:` (with its indented block) and `nc:` lines, for writers to keep."""
+    out, skipping = [], False
+    for line in text.splitlines():
+        m = _YAML_KEY.match(line)
+        if m:
+            skipping = m.group(1) == "names"
+            if skipping or m.group(1) == "nc":
+                continue
+        elif skipping and (not line.strip() or line[0].isspace()):
+            continue
+        else:
+            skipping = False
+        out.append(line)
+    return "\n".join(out).strip("\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # readers
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +348,11 @@ def _paired(root: Path, sub: str, suffix: str, report: Report, what: str) -> tup
     if (root / sub).is_dir():
         for rel in walk_files(root / sub, _unsafe_sink(report)):
             stem, ext = os.path.splitext(rel)
+            if rel == CLASSES_TXT:
+                continue
             if ext.lower() == suffix:
                 partners[stem] = f"{sub}/{rel}"
-            elif rel != CLASSES_TXT:
+            else:
                 report("stray-file", root / sub / rel, f"not a {what} ({suffix}) file", "delete it or move it out", False)
     return images, partners
 
@@ -393,6 +423,7 @@ def _read_yolo(root: Path, report: Report, **_) -> dict:
                 names = read_yaml_names(cand)
                 if names is not None:
                     info["classes_file"] = cand.name
+                    info["yaml_other"] = yaml_without_names(cand.read_text(encoding="utf-8-sig"))
                     break
     images, labels = _paired(root, "labels", ".txt", report, "YOLO label")
     images = _check_stems(root, images, report)
@@ -450,6 +481,7 @@ _COCO_ANN_KNOWN = ("id", "image_id", "category_id", "bbox", "area")
 
 def _read_coco(root: Path, report: Report, manifest: Path, **_) -> dict:
     obj = _load_json(manifest)
+    _JSON_CACHE.clear()  # parsed once for detection + reading; do not keep a big file alive
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list) or not isinstance(obj.get("annotations"), list):
         raise DatasetError("COCO file needs 'images' and 'annotations' lists", manifest, "re-export it as COCO JSON")
     cats = obj.get("categories") or []
@@ -480,12 +512,12 @@ def _read_coco(root: Path, report: Report, manifest: Path, **_) -> dict:
         except UnsafePathError as err:
             report("unsafe-path", err.path, err.what, err.fix, True, UnsafePathError)
             continue
-        if prefix is None:
-            if (root / fn).exists() or not (root / "images" / fn).exists():
+        if prefix is None:  # decided by the first image found in either place
+            if (root / fn).exists():
                 prefix = ""
-            else:
+            elif (root / "images" / fn).exists():
                 prefix = "images/"
-        clean = _safe_entry(root, prefix + fn, where, report)
+        clean = _safe_entry(root, (prefix or "") + fn, where, report)
         if clean is None:
             continue
         images[rec["id"]] = rec

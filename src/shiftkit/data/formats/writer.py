@@ -414,7 +414,9 @@ class DatasetWriter:
             cf = self.info.get("classes_file") or "classes.txt"
             if cf.endswith((".yaml", ".yml")):
                 names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(self.classes))
-                return {cf: f"nc: {len(self.classes)}\nnames:\n{names}\n".encode()}
+                other = self.info.get("yaml_other") or ""  # the input's other keys (path, train, val...)
+                head = other + "\n" if other else ""
+                return {cf: f"{head}nc: {len(self.classes)}\nnames:\n{names}\n".encode()}
             return {cf: self._classes_txt()}
         if fmt == "coco":
             return {self.info.get("manifest") or "annotations.json": self._coco_json(entries)}

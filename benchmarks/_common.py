@@ -1,0 +1,163 @@
+"""Shared pieces of the B1-B3 benchmark scripts: data preparation through shiftkit's builders,
+timing, medians over seeds, the side-by-side table, and the result JSON (CONVENTIONS.md form).
+
+Timings: `wall_s` is elapsed time; `cpu_s` is the CPU time the process used (user + system).
+On a shared machine wall time is pessimistic; cpu_s / threads approximates the wall time on an
+otherwise idle machine, and both are written so that a reader can judge.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+DATA = ROOT.parent / "runs" / "data"  # gitignored; benchmark images never enter the repo
+
+
+def prepare_data(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Build (or reuse) benchmark data `name` with `shiftkit data prepare`'s builder; returns the folder."""
+    from shiftkit.data.builders import build
+
+    out = Path(root) if root else DATA / name
+    build(name, out, seed=seed, progress=sys.stderr.isatty())
+    return out
+
+
+class Timer:
+    """Wall and process-CPU seconds of a block."""
+
+    def __enter__(self) -> "Timer":
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0
+
+
+def median_block(values: list[float]) -> dict[str, Any]:
+    vals = [float(v) for v in values]
+    return {"median": statistics.median(vals) if vals else None, "values": vals,
+            "spread": (max(vals) - min(vals)) if vals else None}
+
+
+@dataclass
+class Row:
+    """One method's figures over seeds."""
+
+    method: str
+    uses_target_labels: bool
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, metrics: dict[str, float], wall: float, cpu: float | None = None) -> None:
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append(float(v))
+        self.wall_s.append(round(float(wall), 2))
+        if cpu is not None:
+            self.cpu_s.append(round(float(cpu), 2))
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "uses_target_labels": self.uses_target_labels,
+                               "metrics": {k: median_block(v) for k, v in self.metrics.items()},
+                               "wall_s": median_block(self.wall_s)}
+        if self.cpu_s:
+            out["cpu_s"] = median_block(self.cpu_s)
+        if self.notes:
+            out["notes"] = self.notes
+        out.update(self.extra)
+        return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import shiftkit
+
+    out = {"shiftkit": shiftkit.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version()}
+    try:
+        import kornia
+
+        out["kornia"] = kornia.__version__
+    except Exception:  # kornia is optional for these scripts
+        pass
+    return out
+
+
+def result(benchmark: str, seeds: list[int], rows: list[Row], anchors: dict[str, str], goal: dict[str, Any],
+           settings: dict[str, Any] | None = None, verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "benchmark": benchmark,
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT.parent)] + sys.argv[1:]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "seeds": list(seeds),
+        "settings": settings or {},
+        "rows": [r.as_dict() for r in rows],
+        "anchors": anchors,
+        "goal": goal,
+        "verdict": verdict or {},
+    }
+
+
+def write_result(res: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
+    from shiftkit.io import atomic_write_json
+
+    path = Path(path) if path else RESULTS / f"{res['benchmark'].replace('-', '_')}.json"
+    atomic_write_json(path, res)
+    return path
+
+
+def table(rows: list[Row], metrics: list[str]) -> str:
+    """Median (min-max) per metric, side by side, one line per method."""
+    head = f"{'method':<34}" + "".join(f"{m:>26}" for m in metrics) + f"{'wall_s':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = []
+        for m in metrics:
+            v = r.metrics.get(m)
+            cells.append(f"{statistics.median(v):.4f} ({min(v):.3f}-{max(v):.3f})" if v else "-")
+        wall = f"{statistics.median(r.wall_s):.0f}" if r.wall_s else "-"
+        tag = r.method + (" [target labels]" if r.uses_target_labels else "")
+        lines.append(f"{tag:<34}" + "".join(f"{c:>26}" for c in cells) + f"{wall:>10}")
+    return "\n".join(lines)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,95 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shiftkit.analysis.properties import PropertyTable
+from shiftkit.analysis.recommend import recommend_plan
+from shiftkit.analysis.sensitivity import Predictions, quantile_edges, sensitivity, wilson_interval
+from shiftkit.cli import main
+from shiftkit.errors import ShiftkitError
+
+
+def test_wilson_interval_matches_hand_computation():
+    # k=8, n=10: p=0.8, z=1.96 -> (0.4902, 0.9433) (textbook values)
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    # more data, narrower interval
+    assert np.subtract(*wilson_interval(80, 100)[::-1]) < np.subtract(*wilson_interval(8, 10)[::-1])
+
+
+def test_quantile_edges_equal_counts():
+    edges = quantile_edges(np.arange(100, dtype=float), 4)
+    assert len(edges) == 5 and edges[0] == 0 and edges[-1] == 99
+
+
+def _dark_failure_case(n=400, seed=0):
+    """Class 'defective' (minority) is misclassified exactly when the image is dark (< 0.3)."""
+    rng = np.random.default_rng(seed)
+    bright = rng.uniform(0, 1, n)
+    contrast = rng.uniform(0.1, 0.3, n)
+    y = (rng.uniform(0, 1, n) < 0.3).astype(int)
+    pred = y.copy()
+    pred[(y == 1) & (bright < 0.3)] = 0
+    paths = [f"img{i}.png" for i in range(n)]
+    table = PropertyTable(paths, {"brightness": bright, "contrast": contrast})
+    return Predictions(list(paths), y, pred, ["functional", "defective"]), table
+
+
+def test_plan_targets_brightness_in_the_dark_range_for_the_failing_class():
+    preds, table = _dark_failure_case()
+    sens = sensitivity(preds, table, bins=5)
+    worst = sens.worst(1)[0]
+    assert worst.property == "brightness" and worst.cls == "defective" and worst.high <= 0.45
+    plan = recommend_plan(sens, table, symmetries=("hflip",))
+    bright_ops = [o for o in plan.ops if o.op == "brightness_to"]
+    assert len(bright_ops) == 1
+    op = bright_ops[0]
+    assert op.classes == ["defective"] and op.low >= 0.0 and op.high <= 0.45
+    assert not any(o.op == "contrast" for o in plan.ops)  # contrast is not where it fails
+    assert plan.new_samples["defective"] > 0 and plan.new_samples["functional"] == 0
+    assert any("brightness" in r for r in plan.reasoning)
+
+
+def test_no_failure_no_property_op():
+    preds, table = _dark_failure_case()
+    preds.pred = preds.y.copy()
+    plan = recommend_plan(sensitivity(preds, table), table, symmetries=())
+    assert all(o.op not in ("brightness_to", "contrast") for o in plan.ops)
+
+
+def test_predictions_without_properties_is_a_clear_error():
+    preds, table = _dark_failure_case()
+    preds.paths[0] = "elsewhere.png"
+    with pytest.raises(ShiftkitError, match="no properties"):
+        sensitivity(preds, table)
+
+
+def test_analyze_cli_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    rows = []
+    for cls, n in (("functional", 60), ("defective", 30)):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(n):
+            level = rng.uniform(0.05, 0.95)
+            img = np.clip(level * 255 + rng.normal(0, 10, (16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "d" / cls / f"{i}.png")
+            wrong = cls == "defective" and level < 0.35
+            pred = "functional" if wrong else cls
+            rows.append([f"{cls}/{i}.png", cls, pred])
+    with open(tmp_path / "preds.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "predicted"])
+        w.writerows(rows)
+    code = main(["analyze", "--predictions", str(tmp_path / "preds.csv"), "--data", str(tmp_path / "d"),
+                 "--out", str(tmp_path / "run"), "--bins", "4", "--json"])
+    assert code == 0
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    ops = {o["op"]: o for o in plan["ops"]}
+    assert "brightness_to" in ops and ops["brightness_to"]["high"] < 0.5 and ops["brightness_to"]["classes"] == ["defective"]
+    assert (tmp_path / "run" / "figures" / "slices_brightness.png").is_file()
+    assert main(["analyze", "--predictions", str(tmp_path / "nope.csv"), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r2")]) == 2
