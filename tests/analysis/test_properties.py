@@ -284,14 +284,14 @@ def test_segmentation_object_area_and_mask_edit(tmp_path, monkeypatch):
     real = P._prepare
     monkeypatch.setattr(P, "_prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
     t = compute_properties(open_dataset(root), progress=False, work_size=8)
-    assert t["object_area"].tolist() == pytest.approx([0.2, 0.4, 0.6])
+    assert t["object_area"].tolist() == pytest.approx([0.25, 0.5, 0.75])
     calls.clear()
     m = np.zeros((8, 10), np.uint8)
     m[:1, :4] = 1
     Image.fromarray(m).save(root / "masks" / "s2.png")
     os.utime(root / "masks" / "s2.png", ns=(0, os.stat(root / "masks" / "s2.png").st_mtime_ns + 10**9))
     t2 = compute_properties(open_dataset(root), progress=False, work_size=8)
-    assert len(calls) == 1 and t2["object_area"].tolist() == pytest.approx([0.2, 0.4, 0.05])
+    assert len(calls) == 1 and t2["object_area"].tolist() == pytest.approx([0.25, 0.5, 0.05])
 
 
 def test_subsets_share_the_cache(tmp_path, monkeypatch):

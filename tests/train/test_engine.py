@@ -154,3 +154,18 @@ def test_bad_settings_fail_up_front(tiny, tmp_path, fast):
         fit(tiny["source"], out=tmp_path / "y", method="dann", **fast)
     with pytest.raises(DatasetError):
         fit(tmp_path / "nope", out=tmp_path / "z", **fast)
+
+
+def test_options_smoke_and_init_from_checkpoint(tiny, tmp_path, fast):
+    r = fit(tiny["source"], tiny["target"], target_test=tiny["target_test"], out=tmp_path / "o", epochs=2,
+            optimizer="sgd", nesterov=True, grad_clip=1.0, class_weights="balanced", balanced_sampling=True,
+            freeze_stages=1, freeze_bn=True, channels_last=True, iters_per_epoch=3, select="label-free",
+            select_score="snd", eval_every=2, label_smoothing=0.1, method="cdan+mcc", **fast)
+    assert [h["epoch"] for h in r["history"]] == [0, 1] and "select_snd" in r["history"][1]
+    assert "select_im" not in r["history"][0]  # eval_every=2: first epoch not evaluated
+    assert r["selected_epoch"] == 1
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert cfg["resolved"]["iters_per_epoch"] == 3 and cfg["optimizer"] == "sgd"
+    r2 = fit(tiny["source"], out=tmp_path / "init", init=str(tmp_path / "o" / "checkpoints" / "best.safetensors"),
+             epochs=1, **fast)
+    assert r2["selected_epoch"] == 0

@@ -38,6 +38,15 @@ def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, **
     """Build a method by name. options: dann_weight, cdan_weight, mcc_weight, mcc_temperature,
     st_weight, st_tau, st_thresholds, st_floor, im_weight, disc_hidden."""
     key = name.lower().strip()
+    if key not in _EXTERNAL and key.replace("-", "_").isidentifier():
+        # methods living in their own module register themselves on import (e.g. adapt/shot.py)
+        import importlib
+
+        try:
+            importlib.import_module(f"shiftkit.adapt.{key.replace('-', '_')}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"shiftkit.adapt.{key.replace('-', '_')}":
+                raise
     if key in _EXTERNAL:
         return _EXTERNAL[key](**options)
     if key in ("source-only", "source_only", "sourceonly", "oracle"):

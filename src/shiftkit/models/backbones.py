@@ -463,14 +463,21 @@ class EfficientNetLite0(Backbone):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(320, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
+        # stem / head as callables for the stage lists, not registered (keys stay `_conv_stem`, ...)
+        object.__setattr__(self, "_stem_head", (_Stem(self._conv_stem, self._bn0), _Stem(self._conv_head, self._bn1)))
         self.include_top = include_top
         if include_top:
             self._dropout = nn.Dropout(dropout)
             self._fc = nn.Linear(1280, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def _stage_modules(self) -> list[list[nn.Module]]:
-        stem = _Stem(self._conv_stem, self._bn0)
-        head = _Stem(self._conv_head, self._bn1)
+        stem, head = self._stem_head
         out, start = [], 0
         for j, end in enumerate(self.STAGE_BLOCK_ENDS):
             mods: list[nn.Module] = [stem] if j == 0 else []

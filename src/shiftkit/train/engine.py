@@ -98,6 +98,7 @@ class TrainConfig:
     select_score: str = "im"  # im | snd
     select_max: int = 2000
     eval_batch_size: int = 128
+    eval_every: int = 1  # evaluate (and select) every N epochs; the last epoch always
     amp: str = "auto"  # auto | on | off
     channels_last: bool = False
     seed: int = 0
@@ -146,6 +147,8 @@ class TrainConfig:
             bad(f"amp must be auto, on or off, got {self.amp!r}", "use auto")
         if self.iters_per_epoch is not None and self.iters_per_epoch < 1:
             bad(f"--iters-per-epoch must be >= 1, got {self.iters_per_epoch}", "pass a positive number")
+        if self.eval_every < 1:
+            bad(f"eval_every must be >= 1, got {self.eval_every}", "pass a positive number of epochs")
         if self.ckpt_every is not None and self.ckpt_every < 1:
             bad(f"--ckpt-every must be >= 1, got {self.ckpt_every}", "pass a positive number of steps")
         if self.size is not None and self.size < 8:
@@ -254,7 +257,8 @@ class Engine:
             ds = torch.utils.data.Subset(ds, idx)
         self.net.eval()
         feats, probs, ys, index = [], [], [], []
-        for b in iterate_batches(ds, self.cfg.eval_batch_size, self.cfg.workers):
+        workers = 0 if isinstance(self.streams[stream], TensorRows) else self.cfg.workers
+        for b in iterate_batches(ds, self.cfg.eval_batch_size, workers):
             if b["bad"]:
                 self._report_bad(b["bad"])
             if b["x"] is None:
@@ -513,7 +517,8 @@ class Engine:
             weights = balanced_weights(self.streams["source"].labels.tolist() if isinstance(self.streams["source"], TensorRows)
                                        else self.labels["source"], self.num_classes)
         self.cursors = {
-            s: _Cursor(s, self.streams[s], cfg.batch_size, cfg.seed, cfg.workers, weights if s == lead else None,
+            s: _Cursor(s, self.streams[s], cfg.batch_size, cfg.seed,
+                       0 if isinstance(self.streams[s], TensorRows) else cfg.workers, weights if s == lead else None,
                        self.rank, self.world, self._report_bad)
             for s in self.method.streams
         }
@@ -743,12 +748,13 @@ class Engine:
             bar.close()
             self._broadcast()
             train_s = time.time() - t0
-            metrics = self.evaluate_epoch(epoch)
+            evaluate_now = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            metrics = self.evaluate_epoch(epoch) if evaluate_now else {}
             record = {"event": "epoch", "epoch": epoch, "step": self.global_step,
                       "train": {k: v / max(1, self._count) for k, v in sums.items()},
                       "lr": {k: o.param_groups[-1]["lr"] for k, o in self.optimizers.items()},
                       "train_s": round(train_s, 3), "eval_s": round(time.time() - t0 - train_s, 3), **metrics}
-            best = self.selector.update(epoch, metrics)
+            best = self.selector.update(epoch, metrics) if evaluate_now else False
             record["selected"] = best
             self.history.append(record)
             self.run.log(record)

@@ -67,6 +67,29 @@ class TransferMethod:
         size = (src.shape[-2], src.shape[-1])
         return torch.cat([TF.resize_to(t, size) if resize else t for t in ts])
 
+    # A paired target that is used only through small statistics (`summarizes_targets`) is
+    # summarised once per target image, so the pipeline never decodes it again per source image.
+    summarizes_targets = False
+
+    def target_summary(self, tgt: torch.Tensor) -> dict:
+        """Small statistics of one target image (1, C, h, w) float, for both channel counts {1: ..., 3: ...}."""
+        raise NotImplementedError(f"{self.name} uses target images, not summaries")
+
+    def apply_summaries(self, src: torch.Tensor, summaries: list[dict]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError(f"{self.name} uses target images, not summaries")
+
+    def apply_uint8(self, src: torch.Tensor, targets: list[torch.Tensor] | None = None, summaries: list[dict] | None = None) -> torch.Tensor:
+        """The streaming pipeline's entry: uint8 (B, C, H, W) in, uint8 out (rounded), with either
+        paired target images (uint8 (C, h, w) tensors) or their `target_summary`s."""
+        TF.check_uint8_images(src, "source")
+        x = src.float().div_(255.0)
+        if summaries is not None:
+            y = self.apply_summaries(x, summaries)
+        else:
+            ts = None if targets is None else [t.float().div(255.0) if t.dtype == torch.uint8 else t for t in targets]
+            y = self.apply_pairs(x, ts)
+        return TF.to_levels(y)
+
     def fit_target(self, batch: torch.Tensor) -> None:
         """Accumulate target-set statistics from one batch (no-op for purely paired methods)."""
 
@@ -157,6 +180,39 @@ class HistogramMatching(TransferMethod):
         hists = torch.cat([TF.histograms(t) for t in self._targets(src, targets)])
         return TF.histogram_match(src, hists)
 
+    summarizes_targets = True
+
+    def target_summary(self, tgt):
+        TF.check_images(tgt, "target")
+        return {c: TF.histograms(TF.match_channels(tgt, c))[0].cpu() for c in (1, 3)}
+
+    def apply_summaries(self, src, summaries):
+        return TF.histogram_match(src, self._stack_summaries(src, summaries))
+
+    def _stack_summaries(self, src, summaries):
+        if len(summaries) != src.shape[0]:
+            raise ValueError(f"got {len(summaries)} target summaries for {src.shape[0]} source images")
+        return torch.stack([s[src.shape[1]] for s in summaries]).to(src.device)
+
+    def apply_uint8(self, src, targets=None, summaries=None):
+        """Stays in uint8 end to end (no float copy of the pixels): histogram matching only needs levels."""
+        TF.check_uint8_images(src, "source")
+        if self.reference == "set":
+            return TF.histogram_match_uint8(src, self.set_histogram(src.shape[1]))
+        if summaries is None:
+            if targets is None or len(targets) != src.shape[0]:
+                raise ValueError("histogram matching to images needs one target (or summary) per source image")
+            return TF.histogram_match_uint8(src, torch.stack([self._hist_u8(t, src.shape[1]) for t in targets]).to(src.device))
+        return TF.histogram_match_uint8(src, self._stack_summaries(src, summaries))
+
+    def _hist_u8(self, t: torch.Tensor, channels: int) -> torch.Tensor:
+        """Histogram of one target (C, h, w) in the source's channel count, straight from uint8 when it can be."""
+        t = t.reshape(1, *t.shape[-3:])
+        if t.dtype == torch.uint8 and (t.shape[1] == channels or channels == 3):
+            h = TF.histograms_uint8(t)[0].to(torch.float64)  # gray -> RGB replicates: same histogram per channel
+            return h.expand(channels, 256) / (t.shape[-1] * t.shape[-2])
+        return self.target_summary(t.float() / 255.0 if t.dtype == torch.uint8 else t)[channels]
+
     def params(self):
         return {"reference": self.reference}
 
@@ -201,6 +257,26 @@ class ColorStats(TransferMethod):
             return self(src)
         stats = [TF.lab_stats(t) for t in self._targets(src, targets)]
         return TF.color_stats(src, torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats]))
+
+    summarizes_targets = True
+
+    def target_summary(self, tgt):
+        TF.check_images(tgt, "target")
+        out = {}
+        for c in (1, 3):
+            m, s = TF.lab_stats(TF.match_channels(tgt, c))
+            out[c] = (m[0].cpu(), s[0].cpu())
+        return out
+
+    def apply_summaries(self, src, summaries):
+        if self.reference == "set":
+            return self(src)
+        if len(summaries) != src.shape[0]:
+            raise ValueError(f"got {len(summaries)} target summaries for {src.shape[0]} source images")
+        c = src.shape[1]
+        m = torch.stack([s[c][0] for s in summaries]).to(src.device, src.dtype)
+        sd = torch.stack([s[c][1] for s in summaries]).to(src.device, src.dtype)
+        return TF.color_stats(src, m, sd)
 
     def params(self):
         return {"reference": self.reference}

@@ -142,16 +142,12 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (B, C, H, W) in [0, 1] -> uint8 (B, H, W, C), rounded."""
-    return (x.clamp(0, 1) * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 class _Items(torch.utils.data.Dataset):
-    """Decodes source sample i (and, when the pair is known up front, its target image)."""
+    """Decodes source sample i (and, when the pair is known up front, its target image unless
+    only the target's precomputed summary is needed)."""
 
-    def __init__(self, ds, tds, pair_of: Callable[[int], int | None] | None):
-        self.ds, self.tds, self.pair_of = ds, tds, pair_of
+    def __init__(self, ds, tds, pair_of: Callable[[int], int | None] | None, decode_target: bool = True):
+        self.ds, self.tds, self.pair_of, self.decode_target = ds, tds, pair_of, decode_target
 
     def __len__(self):
         return len(self.ds)
@@ -160,7 +156,7 @@ class _Items(torch.utils.data.Dataset):
         try:
             s = self.ds[i]
             j = self.pair_of(i) if self.pair_of is not None else None
-            t = self.tds[j].image if j is not None else None
+            t = self.tds[j].image if (j is not None and self.decode_target) else None
             return {"i": i, "sample": s, "target_index": j, "target": t, "error": None}
         except ShiftkitError as exc:
             return {"i": i, "sample": None, "target_index": None, "target": None, "error": exc}
@@ -204,6 +200,7 @@ class _Plan:
     candidates: list[int]
     target_feats: torch.Tensor | None = None
     feat_scale: torch.Tensor | None = None
+    summaries: dict[int, Any] | None = None  # target index -> method.target_summary (summarizing methods)
     stats_s: float = 0.0
     errors: list = field(default_factory=list)
 
@@ -264,8 +261,10 @@ def _prepare(cfg: TransferConfig) -> _Plan:
     plan = _Plan(cfg, src, tgt, method, device, subset_indices(len(tgt), cfg.max_targets, cfg.seed))
     t0 = time.perf_counter()
     need_feats = method.pairs and cfg.pair == "nearest"
-    if method.needs_target_stats or need_feats:
+    need_summaries = method.pairs and method.summarizes_targets
+    if method.needs_target_stats or need_feats or need_summaries:
         feats: dict[int, torch.Tensor] = {}
+        summaries: dict[int, Any] = {}
 
         def on_target(x: torch.Tensor, idx: list[int]) -> None:
             if method.needs_target_stats:
@@ -273,13 +272,19 @@ def _prepare(cfg: TransferConfig) -> _Plan:
             if need_feats:
                 for i, f in zip(idx, style_features(x)):
                     feats[i] = f
+            if need_summaries:
+                for k, i in enumerate(idx):
+                    summaries[i] = method.target_summary(x[k : k + 1])
 
         _stream_stats(tgt, plan.candidates, on_target, cfg, "target statistics")
-        if need_feats:
-            kept = [i for i in plan.candidates if i in feats]
+        if need_summaries:
+            plan.summaries = summaries
+        if need_feats or need_summaries:
+            kept = [i for i in plan.candidates if i in (feats if need_feats else summaries)]
             if not kept:
                 raise DatasetError("no target image could be decoded", cfg.target, "check the target images")
             plan.candidates = kept
+        if need_feats:
             plan.target_feats = torch.stack([feats[i] for i in kept])
             plan.feat_scale = feature_scale(plan.target_feats)
     if method.needs_source_stats:
@@ -355,9 +360,9 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
     pairs = {r["source"]: dict(r, i=int(r["i"])) for r in _read_pairs_csv(dest / PAIRS_FILE) if "i" in r}
     pairs.update(_read_pairs_log(log_path))
 
-    @lru_cache(maxsize=128)
+    @lru_cache(maxsize=64)  # nearest pairing reuses targets; 64 images bound the memory
     def target_tensor(j: int) -> torch.Tensor:
-        return _to_tensor(tgt[j].image)
+        return _u8_tensor(tgt[j].image)
 
     counts = {"written": 0, "skipped_done": 0, "errors": 0, "images": len(mine)}
     t0 = time.perf_counter()
@@ -371,7 +376,8 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
         bar.update(counts["skipped_done"])
         log = open(log_path, "a", encoding="utf-8")
         try:
-            for bno, items in enumerate(_loader(_Items(src, tgt, pair_of), todo, cfg.workers)):
+            items_ds = _Items(src, tgt, pair_of, decode_target=plan.summaries is None)
+            for bno, items in enumerate(_loader(items_ds, todo, cfg.workers)):
                 good = []
                 for it in items:
                     if it["error"] is not None:
@@ -426,26 +432,35 @@ def _write_pairs_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _u8_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HxWxC -> uint8 (C, H, W) view."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+
+
 def _run_batch(plan: _Plan, good: list[dict], target_tensor) -> list[tuple[np.ndarray, int | None]]:
     """Transfer decoded items; returns (uint8 image, target index or None) per item, in order."""
     cfg, method, dev = plan.cfg, plan.method, plan.device
     results: list[tuple[np.ndarray, int | None] | None] = [None] * len(good)
     for group in _groups([it["sample"].image for it in good]):
-        x = torch.stack([_to_tensor(good[k]["sample"].image) for k in group]).to(dev)
+        x = torch.from_numpy(np.stack([good[k]["sample"].image for k in group])).to(dev).permute(0, 3, 1, 2)
         js: list[int | None] = [None] * len(group)
-        targets = None
+        targets = summaries = None
         if method.pairs:
             if cfg.pair == "nearest":
                 keys = [good[k]["sample"].path for k in group]
-                pos = pair_nearest(style_features(x), plan.target_feats, keys, cfg.seed, cfg.pair_k, plan.feat_scale)
+                pos = pair_nearest(style_features(x.float().div(255.0)), plan.target_feats, keys, cfg.seed, cfg.pair_k, plan.feat_scale)
                 js = [plan.candidates[p] for p in pos]
-                targets = [target_tensor(j).to(dev) for j in js]
             else:
                 js = [good[k]["target_index"] for k in group]
-                targets = [_to_tensor(good[k]["target"]).to(dev) for k in group]
+            if plan.summaries is not None:
+                summaries = [plan.summaries[j] for j in js]
+            elif cfg.pair == "nearest":
+                targets = [target_tensor(j).to(dev) for j in js]
+            else:
+                targets = [_u8_tensor(good[k]["target"]).to(dev) for k in group]
         with torch.no_grad():
-            y = method.apply_pairs(x, targets)
-        for k, img, j in zip(group, _to_uint8(y), js):
+            y = method.apply_uint8(x, targets=targets, summaries=summaries)
+        for k, img, j in zip(group, y.permute(0, 2, 3, 1).cpu().numpy(), js):
             results[k] = (img, j)
     return results  # type: ignore[return-value]
 

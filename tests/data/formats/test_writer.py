@@ -136,6 +136,8 @@ def test_killed_write_resumes_to_identical_output(tmp_path, build, kind, how):
                 skipped += 1
                 continue
             w.write(s)
+        journal = [json.loads(line) for line in (partial / JOURNAL).read_text().splitlines()[-(len(ds) - half):]]
+        assert [e["path"] for e in journal] == [w.out_path(p) for p in ds.paths()[half:]]  # not glued to the torn line
     assert skipped == half
     assert tree(out) == tree(ref)  # same files, same hashes, same shiftkit.json
 
@@ -261,3 +263,16 @@ def test_segmentation_classes_json_round_trip(tmp_path, build, classes_json):
     assert (ds2.classes, ds2.class_ids, ds2.ignore_index) == (ds.classes, ds.class_ids, ds.ignore_index)
     for a, b in zip(ds.iter_samples(), ds2.iter_samples()):
         assert np.array_equal(a.target, b.target)
+
+
+def test_close_is_idempotent_and_abort_is_final(tmp_path, build):
+    ds = open_dataset(build["folder"](tmp_path / "in"))
+    w = DatasetWriter(tmp_path / "out", like=ds)
+    w.write(ds[0])
+    assert w.close() == w.close() == (tmp_path / "out").absolute()
+    w2 = DatasetWriter(tmp_path / "out", like=ds, overwrite=True)
+    w2.abort()
+    with pytest.raises(ShiftkitError, match="aborted"):
+        w2.close()
+    with pytest.raises(ShiftkitError, match="closed"):
+        w2.write(ds[0])

@@ -106,19 +106,20 @@ class DatasetWriter:
             raise ShiftkitError(f"unknown dataset format {fmt!r}", None, f"use one of {', '.join(FORMATS)}")
         self.format = fmt
         self.task = FORMAT_TASK[fmt]
-        if like is not None and like.task is Task.UNLABELED and self.task is not Task.UNLABELED:
+        like_task = Task(getattr(like.task, "value", like.task)) if like is not None else None
+        if like_task is Task.UNLABELED and self.task is not Task.UNLABELED:
             raise DatasetError(
                 f"cannot write an unlabeled dataset as {fmt}", like.root, "write it as format='folder'"
             )
-        if like is not None and self.task not in (Task.UNLABELED, like.task):
+        if like_task is not None and self.task not in (Task.UNLABELED, like_task):
             raise DatasetError(
-                f"cannot write a {like.task.value} dataset as {fmt} ({self.task.value})", like.root,
+                f"cannot write a {like_task.value} dataset as {fmt} ({self.task.value})", like.root,
                 "pick a format of the same task",
             )
         self.classes = list(classes if classes is not None else (like.classes if like is not None else []))
         if class_ids is not None:
             self.class_ids = list(class_ids)
-        elif like is not None and classes is None:
+        elif like is not None and classes is None and getattr(like, "class_ids", None) is not None:
             self.class_ids = list(like.class_ids)
         else:
             self.class_ids = list(range(len(self.classes)))
@@ -126,10 +127,12 @@ class DatasetWriter:
             raise ShiftkitError(f"{len(self.classes)} classes but {len(self.class_ids)} class ids", None, "give one id per class")
         if self.task in (Task.CLASSIFICATION, Task.DETECTION, Task.SEGMENTATION) and not self.classes:
             raise ShiftkitError(f"writing {fmt} needs class names", None, "pass like=<Dataset> or classes=[...]")
-        self.ignore_index = ignore_index if ignore_index is not None else (
-            (like.ignore_index if like is not None and like.ignore_index is not None else 255) if self.task is Task.SEGMENTATION else None
-        )
-        self.info = dict(like.info) if like is not None and like.format == fmt else {}
+        like_ignore = getattr(like, "ignore_index", None)
+        if self.task is not Task.SEGMENTATION:
+            self.ignore_index = None
+        else:
+            self.ignore_index = ignore_index if ignore_index is not None else (like_ignore if like_ignore is not None else 255)
+        self.info = dict(getattr(like, "info", None) or {}) if like is not None and like.format == fmt else {}
         self.provenance = dict(provenance or {})
         self.overwrite = bool(overwrite)
         self.out = Path(out).absolute()
@@ -147,6 +150,7 @@ class DatasetWriter:
         self._done: dict[str, dict] = {}   # out path -> journal entry, in the order of this session
         self._prior: dict[str, dict] = {}  # entries from an interrupted run, not yet re-confirmed
         self._closed = False
+        self._finished = False
         self._fh = None
         self._open_journal()
 
@@ -182,9 +186,12 @@ class DatasetWriter:
             raise DatasetError("exists and is not a folder", self.partial, "delete it")
         self.partial.mkdir(parents=True, exist_ok=True)
         fresh = not jpath.is_file()
+        torn = not fresh and not jpath.read_bytes().endswith(b"\n")
         self._fh = open(jpath, "a", encoding="utf-8")
         if fresh:
             self._append(header)
+        elif torn:  # end the torn line so the next entry starts on its own
+            self._fh.write("\n")
 
     def _append(self, obj: dict) -> None:
         self._fh.write(json.dumps(obj, default=_json_default, separators=(",", ":")) + "\n")
@@ -322,9 +329,9 @@ class DatasetWriter:
     # -- finish ----------------------------------------------------------------------------
     def close(self) -> Path:
         """Write metadata + shiftkit.json and rename OUT.partial -> OUT. Returns OUT."""
+        if self._finished:
+            return self.out
         if self._closed:
-            if self._fh is None and self.out.exists():
-                return self.out
             raise ShiftkitError("DatasetWriter was aborted", self.partial, "rerun to resume")
         self._fh.close()
         self._fh = None
@@ -363,6 +370,7 @@ class DatasetWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(self.partial, self.out)
+        self._finished = True
         return self.out
 
     def _prune(self, keep: set[str], keep_dirs: set[str]) -> None:

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from shiftkit.transfer import functional as TF
+from shiftkit.transfer.methods import FDA, ColorStats, HistogramMatching, PCATransfer, make_method
+
+
+def _u8(*shape, seed=0, lo=0, hi=256):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi, shape, generator=g, dtype=torch.uint8)
+
+
+def test_make_method_and_bad_arguments():
+    assert isinstance(make_method("fda", beta=0.05), FDA) and make_method("fda", beta=0.05).beta == 0.05
+    assert make_method("histogram", reference="set").pairs is False
+    with pytest.raises(ValueError, match="unknown method"):
+        make_method("cyclegan")
+    with pytest.raises(ValueError, match="beta"):
+        FDA(1.5)
+    with pytest.raises(ValueError, match="reference"):
+        ColorStats("both")
+    with pytest.raises(ValueError, match="pass `tgt`"):
+        FDA(0.1)(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="target batch"):
+        FDA(0.1)(torch.rand(2, 3, 8, 8), torch.rand(3, 3, 8, 8))
+    with pytest.raises(ValueError, match="2 target images for 3"):
+        FDA(0.1).apply_pairs(torch.rand(3, 3, 8, 8), [torch.rand(3, 8, 8)] * 2)
+    with pytest.raises(ValueError, match="uint8"):
+        FDA(0.1).apply_uint8(torch.rand(1, 3, 8, 8), targets=[torch.rand(3, 8, 8)])
+
+
+@pytest.mark.parametrize("cls", [HistogramMatching, ColorStats])
+def test_summaries_equal_images(cls):
+    src = _u8(3, 3, 10, 12, seed=1)
+    tgts = [_u8(3, 9, 7, seed=2), _u8(1, 12, 12, seed=3), _u8(3, 10, 12, seed=4)]  # mixed sizes and channels
+    m = cls("image")
+    by_images = m.apply_uint8(src, targets=tgts)
+    sums = [m.target_summary(t.float().div(255).unsqueeze(0)) for t in tgts]
+    by_summaries = m.apply_uint8(src, summaries=sums)
+    assert by_images.dtype == torch.uint8 and by_images.shape == src.shape
+    assert torch.equal(by_images, by_summaries)
+
+
+def test_histogram_uint8_path_equals_float_path():
+    src, tgt = _u8(2, 3, 9, 9, seed=5), _u8(2, 3, 9, 9, seed=6)
+    m = HistogramMatching("image")
+    a = m.apply_uint8(src, targets=list(tgt))
+    b = TF.to_levels(TF.histogram_match_images(src.float() / 255, tgt.float() / 255))
+    assert torch.equal(a, b)
+
+
+def test_histogram_set_reference_matches_mean_histogram():
+    tgt = torch.cat([_u8(2, 3, 6, 6, seed=7, hi=100), _u8(2, 3, 6, 6, seed=8, lo=150)]).float() / 255
+    m = HistogramMatching("set")
+    m.fit_target(tgt[:2])
+    m.fit_target(tgt[2:])
+    assert torch.allclose(m.set_histogram(3), TF.histograms(tgt).mean(0))
+    with pytest.raises(ValueError, match="no target histogram"):
+        HistogramMatching("set").set_histogram(3)
+    out = m(torch.rand(2, 1, 6, 6))  # a gray source uses the luminance histogram of the set
+    assert out.shape == (2, 1, 6, 6)
+
+
+def test_color_stats_set_reference_pooled_lab_stats():
+    tgt = torch.rand(4, 3, 6, 6, dtype=torch.float64)
+    m = ColorStats("set")
+    m.fit_target(tgt[:1])
+    m.fit_target(tgt[1:])
+    mean, std = m.set_stats(3)
+    lab = TF._lab(tgt).transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(mean, lab.mean(1)) and torch.allclose(std, lab.std(1, unbiased=False))
+
+
+def test_pca_method_fits_streaming_and_maps_source_to_target_stats():
+    src = torch.rand(6, 3, 5, 5, dtype=torch.float64)
+    tgt = 0.3 + 0.2 * torch.rand(6, 3, 5, 5, dtype=torch.float64)
+    m = PCATransfer(eps=0.0)
+    for k in range(0, 6, 2):
+        m.fit_source(src[k : k + 2])
+        m.fit_target(tgt[k : k + 2])
+    out = TF.pca_transfer(src, *m.gaussians(3), clamp=False, eps=0.0)
+    n, s, ss = TF.pixel_moments(out)
+    mu, cov = TF.moments_to_gaussian(n, s, ss)
+    _, _, mt, ct = m.gaussians(3)
+    assert torch.allclose(mu, mt, atol=1e-10) and torch.allclose(cov, ct, atol=1e-10)
+    assert "target_cov" in m.summary()
+    with pytest.raises(ValueError, match="no source pixel"):
+        PCATransfer()(torch.rand(1, 3, 4, 4))
+
+
+def test_fda_method_uint8_rounds_float_result():
+    src, tgt = _u8(2, 1, 12, 12, seed=9), _u8(3, 16, 16, seed=10)
+    m = FDA(0.1)
+    out = m.apply_uint8(src, targets=[tgt, tgt])
+    ref = TF.to_levels(TF.fda(src.float() / 255, (tgt.float() / 255).unsqueeze(0), 0.1))
+    assert torch.equal(out, ref)
