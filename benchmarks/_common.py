@@ -161,3 +161,43 @@ def table(rows: list[Row], metrics: list[str]) -> str:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def labeled_copy(bench_root: str | os.PathLike, benchmark: str, split: str = "target", seed: int = 0) -> Path:
+    """An imagefolder copy of an unlabeled split with its labels (from the builder's plan), for the
+    oracle row only: ROOT/<split>-labeled/<class>/<file>. Files are copied, not re-encoded."""
+    import shutil
+
+    from shiftkit.data.builders import plan as make_plan
+
+    root = Path(bench_root)
+    out = root / f"{split}-labeled"
+    if (out / ".complete").is_file():
+        return out
+    sp = next(s for s in make_plan(benchmark, seed).splits if s.name == split)
+    tmp = root / f"{split}-labeled.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for it in sp.items:
+        dst = tmp / sp.classes[it.label] / Path(it.path).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / split / it.path, dst)
+    (tmp / ".complete").write_text("labels from the builder's plan; for the oracle row only\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def fit_once(run_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, Any], float, float]:
+    """shiftkit.train.fit in a fresh run folder; returns (fit's result, wall seconds, cpu seconds)."""
+    import shutil
+
+    from shiftkit.train import fit
+
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    with Timer() as t:
+        res = fit(out=str(run_dir), **kwargs)
+    return res, t.wall, t.cpu

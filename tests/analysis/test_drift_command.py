@@ -35,7 +35,7 @@ def test_drift_command_writes_run_folder(two_sets, capsys):
     ks = [r["ks"] for r in metrics["properties"]]
     assert ks == sorted(ks, reverse=True) and metrics["properties"][0]["ks"] > 0.9
     assert metrics["gap"]["properties"]["accuracy"] > 0.9
-    assert len(metrics["figures"]) == 2 and all((out / f).is_file() for f in metrics["figures"])
+    assert len(metrics["figures"]) == 3 and "figures/gap_score.png" in metrics["figures"] and all((out / f).is_file() for f in metrics["figures"])
     assert (out / "properties_source.csv").is_file()
     # --json: machine output only on stdout, same figures; second run reads the cache
     assert main(args + ["--json"]) == 0

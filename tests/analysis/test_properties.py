@@ -324,3 +324,13 @@ def test_subsets_share_the_cache(tmp_path, monkeypatch):
     (root / "im3.png").unlink()
     with pytest.raises(ShiftkitError, match="im3"):
         compute_properties(Subset([2, 3]), progress=False, work_size=16)
+
+
+def test_worker_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    _write_folder(root, n=2)
+    (root / "zz_broken.png").write_bytes(b"")
+    with pytest.raises(ShiftkitError) as info:
+        compute_properties(FolderImages(root), progress=False, work_size=16, workers=1)
+    assert "zz_broken" in str(info.value) and "\n" not in str(info.value)

@@ -362,10 +362,13 @@ def test_scene_prepare_writes_segmentation(tmp_path):
 
     mnist = {"train": _fake_digits(30), "validation": _fake_digits(10, 1), "test": _fake_digits(10, 2)}
     p = scenes.plan_digit_scenes(0, counts={"source": 3, "target": 2, "target-test": 2}, mnist=mnist)
-    prepare(p, tmp_path / "ds", progress=False, log=lambda m: None)
+    summary = prepare(p, tmp_path / "ds", progress=False, log=lambda m: None)
+    pix = summary["splits"]["target-test"]["pixels"]
+    assert set(pix) == set(scenes.CLASSES) and abs(sum(pix.values()) - 1) < 1e-9 and pix["background"] > 0.5
     ds = open_dataset(tmp_path / "ds" / "target-test")
     assert ds.format == "segmentation" and len(ds) == 2 and ds.classes == scenes.CLASSES
     s = ds[0]
     assert s.image.shape == (64, 64, 3) and s.target.shape == (64, 64)
     readme = (tmp_path / "ds" / "target-test" / "README").read_text()
     assert "chelsea" in readme and "astronaut" not in readme and "digit + 1" in readme
+    assert "Pixel balance (masks): background" in readme

@@ -143,11 +143,13 @@ class UDAMethod(Method):
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
         source_only: bool = False,
+        ignore_index: int = -100,
     ):
         self.terms = list(terms or [])
         self.name = name or ("+".join(t.name for t in self.terms) or "source-only")
         self.label_smoothing = float(label_smoothing)
         self.class_weights = class_weights
+        self.ignore_index = int(ignore_index)
         self.streams = ("source",) if source_only or not self.terms else ("source", "target")
 
     def setup(self, engine: Any) -> None:
@@ -187,7 +189,8 @@ class UDAMethod(Method):
                 out.z_t_strong = z[ns + nt :]
             out.index_t = tgt.get("index")
         w = self.class_weights.to(z.device) if self.class_weights is not None else None
-        losses: Losses = {"cls": cross_entropy(out.z_s.float(), ys, label_smoothing=self.label_smoothing, weight=w)}
+        losses: Losses = {"cls": cross_entropy(out.z_s.float(), ys, label_smoothing=self.label_smoothing, weight=w,
+                                                ignore_index=self.ignore_index)}
         logs: dict[str, float] = {}
         groups = ["model"]
         for t in self.terms:

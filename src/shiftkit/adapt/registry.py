@@ -34,7 +34,8 @@ def split_parts(name: str) -> list[str]:
     return parts
 
 
-def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, **options: Any) -> Method:
+def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, ignore_index: int | None = None,
+                 **options: Any) -> Method:
     """Build a method by name. options: dann_weight, cdan_weight, mcc_weight, mcc_temperature,
     st_weight, st_tau, st_thresholds, st_floor, im_weight, disc_hidden."""
     key = name.lower().strip()
@@ -43,16 +44,21 @@ def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, **
         import importlib
 
         try:
-            importlib.import_module(f"shiftkit.adapt.{key.replace('-', '_')}")
+            mod = importlib.import_module(f"shiftkit.adapt.{key.replace('-', '_')}")
         except ModuleNotFoundError as exc:
             if exc.name != f"shiftkit.adapt.{key.replace('-', '_')}":
                 raise
+        else:
+            if key not in _EXTERNAL and callable(getattr(mod, "register", None)):
+                mod.register()
     if key in _EXTERNAL:
         return _EXTERNAL[key](**options)
+    seg = ignore_index is not None
+    ii = -100 if ignore_index is None else int(ignore_index)
     if key in ("source-only", "source_only", "sourceonly", "oracle"):
         from shiftkit.adapt.source_only import SourceOnly
 
-        return SourceOnly(label_smoothing, class_weights)
+        return SourceOnly(label_smoothing, class_weights, ii)
     parts = split_parts(key)
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
@@ -62,6 +68,9 @@ def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, **
         raise ShiftkitError(f"method {name!r} combines two adversarial parts", None, "use one of dann, cdan, cdan+e")
     if len(set(parts)) != len(parts):
         raise ShiftkitError(f"method {name!r} repeats a part")
+    if seg and any(p != "im" for p in parts):
+        raise ShiftkitError(f"method {name!r} is for classification", None,
+                            "for segmentation use source-only, im, or a segmentation method (e.g. advent, adaptsegnet)")
     hidden = int(options.get("disc_hidden", 1024))
     terms = []
     for p in parts:
@@ -86,4 +95,4 @@ def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, **
 
             terms.append(SelfTrainingTerm(float(options.get("st_weight", 1.0)), float(options.get("st_tau", 0.95)),
                                           str(options.get("st_thresholds", "flexmatch")), float(options.get("st_floor", 0.5))))
-    return UDAMethod(terms, "+".join(parts), label_smoothing, class_weights)
+    return UDAMethod(terms, "+".join(parts), label_smoothing, class_weights, ignore_index=ii)

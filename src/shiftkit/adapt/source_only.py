@@ -9,5 +9,5 @@ from shiftkit.adapt.base import UDAMethod
 
 
 class SourceOnly(UDAMethod):
-    def __init__(self, label_smoothing: float = 0.0, class_weights=None):
-        super().__init__([], "source-only", label_smoothing, class_weights, source_only=True)
+    def __init__(self, label_smoothing: float = 0.0, class_weights=None, ignore_index: int = -100):
+        super().__init__([], "source-only", label_smoothing, class_weights, source_only=True, ignore_index=ignore_index)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,14 +43,14 @@ def ks_2samp(a: Any, b: Any) -> tuple[float, float]:
     """(D, p-value): `ks_statistic` and the asymptotic two-sided p-value.
 
     ``p = P(D_n >= D)`` for the one-sample KS distribution with ``n = round(m n / (m + n))``
-    (`scipy.stats.kstwo`), as scipy's ``ks_2samp(method="asymp")``.
+    (at least 1) (`scipy.stats.kstwo`), as scipy's ``ks_2samp(method="asymp")``.
     """
     from scipy.stats import kstwo
 
     d = ks_statistic(a, b)
     m, n = len(_clean(a, "a")), len(_clean(b, "b"))
     en = m * n / (m + n)
-    p = float(np.clip(kstwo.sf(d, np.round(en)), 0.0, 1.0))
+    p = float(np.clip(kstwo.sf(d, max(1.0, np.round(en))), 0.0, 1.0))
     return d, p
 
 
@@ -103,15 +102,23 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 def mmd_rbf(x: Any, y: Any, bandwidth: float | None = None, max_n: int = 2000, seed: int = 0,
-            n_permutations: int = 0) -> dict[str, float]:
+            n_permutations: int = 0, threads: int | None = 1) -> dict[str, float]:
     """Unbiased squared MMD with an RBF kernel ``k(u, v) = exp(-|u - v|^2 / (2 s^2))``.
 
     ``MMD^2 = mean_{i!=j} k(x_i,x_j) + mean_{i!=j} k(y_i,y_j) - 2 mean_{i,j} k(x_i,y_j)``.
     `bandwidth` s defaults to the median heuristic: the median pairwise distance of the pooled
     sample. Each side is subsampled (seeded) to at most `max_n` rows (the kernel is O(n^2)).
-    With `n_permutations` > 0 the p-value of a permutation test is added.
+    With `n_permutations` > 0 the p-value of a permutation test is added. Torch runs with
+    `threads` intra-op threads (default 1, restored after; see `compute_properties`).
     Returns {"mmd2", "bandwidth", "p_value" (NaN without permutations), "n_x", "n_y"}.
     """
+    from shiftkit.analysis.properties import _cpu_threads
+
+    with _cpu_threads(threads):
+        return _mmd_rbf(x, y, bandwidth, max_n, seed, n_permutations)
+
+
+def _mmd_rbf(x: Any, y: Any, bandwidth: float | None, max_n: int, seed: int, n_permutations: int) -> dict[str, float]:
     x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ShiftkitError(f"feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
@@ -153,11 +160,13 @@ def mmd_rbf(x: Any, y: Any, bandwidth: float | None = None, max_n: int = 2000, s
 
 # --------------------------------------------------------------------------- domain classifier
 def domain_classifier_accuracy(x_a: Any, x_b: Any, folds: int = 5, seed: int = 0,
-                               max_per_domain: int | None = 5000, C: float = 1.0) -> dict[str, Any]:
+                               max_per_domain: int | None = 5000, C: float = 1.0, threads: int | None = 1) -> dict[str, Any]:
     """Cross-validated accuracy of logistic regression telling A's rows from B's.
 
     Classes are balanced by subsampling the larger side (seeded), so chance is exactly 0.5;
-    features are standardised inside each fold; stratified k-fold with a fixed seed.
+    features are standardised inside each fold; stratified k-fold with a fixed seed. BLAS runs
+    with `threads` threads (default 1: these fits are small, and on a busy machine more threads
+    were about 3x slower; None leaves the BLAS setting alone).
     Returns {"accuracy", "accuracy_std", "fold_accuracies", "n_per_domain", "folds", "dim"}.
     """
     from sklearn.linear_model import LogisticRegression
@@ -188,11 +197,16 @@ def domain_classifier_accuracy(x_a: Any, x_b: Any, folds: int = 5, seed: int = 0
     if a.shape[1] == 0:
         accs = [0.5] * folds
     else:
+        from contextlib import nullcontext
+
+        from threadpoolctl import threadpool_limits
+
         accs = []
-        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-            clf.fit(x[tr], y[tr])
-            accs.append(float((clf.predict(x[te]) == y[te]).mean()))
+        with threadpool_limits(limits=threads) if threads else nullcontext():
+            for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+                clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+                clf.fit(x[tr], y[tr])
+                accs.append(float((clf.predict(x[te]) == y[te]).mean()))
     return {
         "accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
         "fold_accuracies": accs, "n_per_domain": int(n), "folds": folds, "dim": int(x.shape[1]),
@@ -220,8 +234,13 @@ def feature_gap(features_a: Any, features_b: Any, folds: int = 5, seed: int = 0,
 
 
 def _table(x: Any, name: str, **kw):
+    import os
+
+    from shiftkit.analysis._data import open_for_analysis
     from shiftkit.analysis.properties import PropertyTable, compute_properties
 
+    if isinstance(x, (str, os.PathLike)):
+        x = open_for_analysis(x)
     if isinstance(x, PropertyTable):
         if x.features is None:
             raise ShiftkitError(f"the {name} property table has no features", None, "compute it with features=True")
@@ -233,7 +252,7 @@ def gap_score(a: Any, b: Any, feature_sets: Sequence[str] = ("properties", "pixe
               seed: int = 0, max_per_domain: int | None = 5000, **compute_kw) -> dict[str, dict[str, Any]]:
     """How well a simple domain classifier tells A from B: {feature set: result}; 0.5 = indistinguishable.
 
-    `a`, `b`: shiftkit datasets, lists of `Sample`, or `PropertyTable`s computed with
+    `a`, `b`: dataset folders, shiftkit datasets, lists of `Sample`, or `PropertyTable`s computed with
     ``features=True``. Feature sets: "properties" (the property vector: pixel statistics, size,
     object area), "pixels" (pretrained-free features: colour histograms, 16x16 luminance
     thumbnail, gradient orientation histograms). `compute_kw` goes to `compute_properties`

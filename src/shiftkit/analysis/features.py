@@ -37,14 +37,17 @@ def backbone_features(data: Any, backbone: str = "mobilenet_v2", size: int = 160
 
 
 def backbone_gap(a: Any, b: Any, backbone: str = "mobilenet_v2", size: int = 160, folds: int = 5, seed: int = 0,
-                 max_per_domain: int | None = 5000, **kw: Any) -> dict[str, Any]:
-    """`drift.feature_gap` (domain classifier accuracy + MMD^2) on the backbone's pooled features."""
+                 max_per_domain: int | None = 5000, model: Any = None, **kw: Any) -> dict[str, Any]:
+    """`drift.feature_gap` (domain classifier accuracy + MMD^2) on the backbone's pooled features.
+
+    `model`: an already built shiftkit Backbone (default: `backbone` with its ImageNet weights).
+    """
     from shiftkit.analysis.drift import feature_gap
 
     if backbone not in BACKBONES:
         raise ShiftkitError(f"unknown backbone {backbone!r}", None, f"use one of: none, {', '.join(BACKBONES)}")
     create_backbone, _ = _models()
-    model = create_backbone(backbone, weights="imagenet")
+    model = model if model is not None else create_backbone(backbone, weights="imagenet")
     fa = backbone_features(a, backbone, size, model=model, **kw)
     fb = backbone_features(b, backbone, size, model=model, **kw)
     out = feature_gap(fa, fb, folds=folds, seed=seed, max_per_domain=max_per_domain)

@@ -9,7 +9,9 @@ by 255 for the 8-bit scale some papers use). Luminance is ITU-R BT.601, as in PI
 keeps only a `PropertyTable`. Size properties (width, height, aspect ratio) and the object area
 fraction come from the original image and target; pixel properties are computed at a fixed
 working resolution (the short side resized to `work_size`, default 128) so that datasets of
-different resolutions are compared like for like and the cost per image is bounded.
+different resolutions are compared like for like and the cost per image is bounded (smaller
+images are upscaled, so their sharpness and noise are those of the upscaled image; the long side
+is capped at 4x the short side).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -391,14 +393,12 @@ class _Items(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[int, dict | None, str | None]:
+    def __getitem__(self, k: int) -> tuple[int, dict | None, ShiftkitError | None]:
         i = self.indices[k]
         try:
             item = _prepare(self.ds[i], self.work_size, self.ignore_index)
-        except ShiftkitError as exc:
-            if self.on_error == "raise":
-                raise
-            return i, None, str(exc)
+        except ShiftkitError as exc:  # returned, not raised: a worker would wrap it in a traceback
+            return i, None, exc
         if self.root is not None and self.paths is not None:
             item["sha256"] = sha256_file(self.root / self.paths[i])
         return i, item, None
@@ -700,9 +700,11 @@ def _compute_dataset(ds, batch_size, cache, progress, workers, work_size, dev, f
                 good = [(i, it) for i, it, err in batch if it is not None]
                 for i, it, err in batch:
                     if it is None:
+                        if on_error == "raise":
+                            raise err
                         failed.add(i)
                         if errors is not None:
-                            errors.append(err)
+                            errors.append(str(err))
                 if good:
                     vals, f = _compute_batch([it for _, it in good], dev, True)
                     for j, (i, it) in enumerate(good):

@@ -78,4 +78,6 @@ def format_summary(summary: dict) -> str:
         label = "" if s["labelled"] else ", unlabeled (hidden balance)"
         unit = "" if s["balance_unit"] == "images" else f" {s['balance_unit']}"
         lines.append(f"  {name:<12} {s['count']:>6} images  {s['format']}{label}:{unit} {balance}")
+        if "pixels" in s:
+            lines.append(f"  {'':<12} pixels: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["pixels"].items()))
     return "\n".join(lines)

@@ -84,13 +84,20 @@ def run(args: argparse.Namespace) -> int:
     t_props = time.time() - t0
 
     rows = property_drift(ta, tb)
-    gap = gap_score(ta, tb, folds=args.folds, seed=args.seed, max_per_domain=args.max_per_domain)
     notes: list[str] = []
-    if args.backbone != "none":
+    folds = min(args.folds, len(ta), len(tb), args.max_per_domain)
+    gap: dict = {}
+    if folds < 2:
+        notes.append("gap score skipped: the domain classifier needs at least 2 images per dataset")
+    else:
+        if folds < args.folds:
+            notes.append(f"gap score with {folds}-fold cross-validation (too few images for {args.folds})")
+        gap = gap_score(ta, tb, folds=folds, seed=args.seed, max_per_domain=args.max_per_domain)
+    if args.backbone != "none" and folds >= 2:
         from shiftkit.analysis.features import backbone_gap
 
         try:
-            gap[args.backbone] = backbone_gap(ds_a, ds_b, args.backbone, folds=args.folds, seed=args.seed,
+            gap[args.backbone] = backbone_gap(ds_a, ds_b, args.backbone, folds=folds, seed=args.seed,
                                               max_per_domain=args.max_per_domain, device=str(device),
                                               progress=progress, cache=not args.no_cache)
         except ShiftkitError as exc:
@@ -107,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
             overlaid_histograms([ta[k], tb[k]], ["source", "target"], path,
                                 title=f"{k}: KS {r['ks']:.2f}, overlap {r['overlap']:.2f}", xlabel=k)
             plotted.append(str(path.relative_to(out)))
+    if args.plots and gap:
+        from shiftkit.report.plots import bar_chart
+
+        bar_chart([g["accuracy"] for g in gap.values()], list(gap), figures / "gap_score.png",
+                  title="gap score (0.5 = indistinguishable)", ylabel="domain classifier accuracy",
+                  reference=0.5, ylim=(0.0, 1.05))
+        plotted.append("figures/gap_score.png")
     ta.to_csv(out / "properties_source.csv")
     tb.to_csv(out / "properties_target.csv")
 
@@ -124,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     config = {
         "command": "drift", "source": str(args.source), "target": str(args.target), "out": str(out),
         "task": args.task, "backbone": args.backbone, "work_size": args.work_size, "batch_size": args.batch_size,
-        "folds": args.folds, "max_per_domain": args.max_per_domain, "plots": args.plots,
+        "folds": folds, "max_per_domain": args.max_per_domain, "plots": args.plots,
         "cache": not args.no_cache, "workers": args.workers, "seed": args.seed, "device": str(device),
         "versions": _versions(), "argv": sys.argv,
     }
@@ -145,7 +159,8 @@ def format_report(metrics: dict, out: Path) -> str:
     for r in metrics["properties"]:
         lines.append(f"{r['property']:<14} {r['ks']:>6.3f} {r['p_value']:>9.2g} {r['overlap']:>8.3f} "
                      f"{r['median_a']:>11.4g} {r['median_b']:>11.4g}")
-    lines.append("gap score (domain classifier accuracy, 0.5 = indistinguishable, 1.0 = fully separable):")
+    if metrics["gap"]:
+        lines.append("gap score (domain classifier accuracy, 0.5 = indistinguishable, 1.0 = fully separable):")
     for name, g in metrics["gap"].items():
         extra = f", MMD^2 {g['mmd2']:.3f}" if "mmd2" in g else ""
         lines.append(f"  {name:<13} {g['accuracy']:.3f} +/- {g['accuracy_std']:.3f} "

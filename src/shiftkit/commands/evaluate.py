@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
+    if "miou" in r:
+        print(f"{r['n']} images: mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f}")
+        for c in r["classes"]:
+            print(f"  {c:20s} IoU {r[f'iou_{c}']:.3f}")
+        if args.out:
+            print(f"run folder: {r['out']}")
+        return 0
     print(f"{r['n']} images: accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}, "
           f"macro F1 {r['macro_f1']:.4f}")
     for c in r["classes"]:

@@ -24,7 +24,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     d.add_argument("--target", help="unlabeled target folder (adaptation; label-free selection)")
     d.add_argument("--target-test", help="labeled target folder, used only to score (never to choose, unless --select target-test)")
     d.add_argument("--source-val", help="labeled source validation folder")
-    d.add_argument("--task", choices=["classification"], default="classification", help="task (classification here)")
+    d.add_argument("--task", choices=["classification", "segmentation"], default="classification",
+                   help="classification (class folders) or segmentation (images/ + masks/)")
     d.add_argument("--size", type=int, default=None, help="input size in pixels (default: the backbone's, 28 or 224)")
     d.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
                    help="unreadable images: skip and report them (default) or refuse before training")
@@ -35,6 +36,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--pretrained", dest="pretrained", action="store_true", default=True,
                    help="start from ImageNet weights where the backbone has them (default)")
     m.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initialisation")
+    m.add_argument("--arch", default=None, choices=["deeplabv2", "unet"],
+                   help="segmentation model (default: unet with small_cnn, else deeplabv2 on the backbone)")
     m.add_argument("--bottleneck", type=int, default=None, help="Linear-BN-ReLU bottleneck width before the head (e.g. 256)")
     m.add_argument("--dropout", type=float, default=0.0, help="dropout before the head")
     m.add_argument("--init", default=None, help="start from this checkpoint (.safetensors) instead of --backbone")
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise ShiftkitError("--source is required", None, "give the labeled source folder")
     r = fit(
         args.source, args.target, method=args.method, target_test=args.target_test, source_val=args.source_val,
-        out=args.out, task=args.task, backbone=args.backbone, pretrained=args.pretrained, bottleneck=args.bottleneck,
+        out=args.out, task=args.task, arch=args.arch, backbone=args.backbone, pretrained=args.pretrained, bottleneck=args.bottleneck,
         dropout=args.dropout, init=args.init, method_options=_options(args.method_option), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, head_lr_mult=args.head_lr_mult, optimizer=args.optimizer,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -130,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     sel = r["selected"]
     print(f"method {r['method']}: selected epoch {None if r['selected_epoch'] is None else r['selected_epoch'] + 1} "
           f"by {r['select']} ({r['wall_s']:.1f} s)")
-    for k in ("target_test_accuracy", "target_test_balanced_accuracy", "source_val_accuracy", "select_im", "select_snd"):
+    for k in ("target_test_accuracy", "target_test_balanced_accuracy", "target_test_miou", "source_val_accuracy",
+              "source_val_miou", "select_im", "select_snd"):
         if k in sel:
             print(f"  {k:32s} {sel[k]:.4f}")
     if r["skipped_images"]:

@@ -28,10 +28,7 @@ from torch import nn
 
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.backbones import Normalization
-
-
-class WeightsError(ShiftkitError):
-    """A weights file is not a state_dict, or its keys/shapes do not match the named architecture."""
+from shiftkit.models.weights import WeightsError, check_keys, read_state_dict  # safe reading, strict keys
 
 
 @dataclass(frozen=True)
@@ -268,69 +265,11 @@ def register() -> None:
         register_arch(name, _builder(name))
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a plain state_dict from `.pth/.pt` (torch.load weights_only=True) or `.safetensors`.
-
-    Arbitrary pickles are never executed: weights_only=True only rebuilds tensors and containers, and
-    anything else (a whole pickled nn.Module, a malicious `__reduce__`) is refused with one line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError("file not found", path, "pass a .pth/.pt state_dict or a .safetensors checkpoint")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except Exception as exc:
-            raise WeightsError(f"not a readable safetensors file ({type(exc).__name__})", path, "re-export it") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise WeightsError(
-            f"refused: not a plain state_dict of tensors ({type(exc).__name__}: {first})",
-            path,
-            "save `model.state_dict()` (not the model object) with torch.save; arbitrary pickles are never loaded",
-        ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise WeightsError(
-            f"not a state_dict (a mapping of names to tensors), got {type(obj).__name__}",
-            path,
-            "save `model.state_dict()` with torch.save",
-        )
-    return dict(obj)
-
-
-def check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: object = None) -> None:
-    """Strict match of names and shapes; the error lists what is missing, unexpected or mis-shaped."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)}!={tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... (+{len(items) - 8})" if len(items) > 8 else "")
-                parts.append(f"{name} keys: {shown}")
-        arch = getattr(model, "arch", type(model).__name__)
-        raise WeightsError(
-            f"weights do not match architecture {arch}: " + "; ".join(parts),
-            path,
-            f"name the architecture these weights were saved from (--arch {', '.join(ARCHS)})",
-        )
-
-
 def load_state_dict_file(path: str | os.PathLike, arch: str, **kwargs: Any) -> _SplitClassifier:
     """A plain state_dict file + an architecture name -> the model with those weights (strict keys)."""
     model = build(arch, **kwargs)
     state = read_state_dict(path)
-    check_keys(model, state, path)
+    check_keys(model, state, path)  # WeightsError listing missing / unexpected / mis-shaped keys
     model.load_state_dict(state, strict=True)
     return model
 

@@ -65,8 +65,9 @@ class TrainConfig:
     target_test: str | None = None
     source_val: str | None = None
     out: str = "runs/train"
-    task: str = "classification"
+    task: str = "classification"  # classification | segmentation (pixels are samples)
     backbone: str = "small_cnn"
+    arch: str | None = None  # segmentation: deeplabv2 | unet (default: unet for small_cnn, else deeplabv2)
     pretrained: bool = True
     bottleneck: int | None = None
     dropout: float = 0.0
@@ -115,8 +116,10 @@ class TrainConfig:
         def bad(what: str, fix: str) -> None:
             raise ShiftkitError(what, None, fix)
 
-        if self.task != "classification":
-            bad(f"--task {self.task} is not supported by `train` yet", "use --task classification")
+        if self.task not in ("classification", "segmentation"):
+            bad(f"--task {self.task} is not supported by `train` yet", "use --task classification or segmentation")
+        if self.task == "segmentation" and self.freeze_backbone:
+            bad("--freeze-backbone (cached pooled features) is for classification", "use --freeze-stages for segmentation")
         if self.epochs < 1:
             bad(f"--epochs must be >= 1, got {self.epochs}", "pass a positive number")
         if self.batch_size < 2:
@@ -304,11 +307,20 @@ class Engine:
             value = getattr(cfg, key)
             if value is None:
                 continue
-            task = None if key == "target" else "classification"
+            task = None if key == "target" else cfg.task
             self.datasets[key] = open_any(value, task=task, what=what)
+        self.ignore_index = 255
 
     def _classes(self, init_info: dict | None) -> list[str]:
         src = self.datasets.get("source")
+        if src is not None and self.cfg.task == "segmentation":
+            names = list(getattr(src, "classes", []) or [])
+            ids = list(getattr(src, "class_ids", None) or range(len(names)))
+            if not ids:
+                raise DatasetError("the source set declares no classes", cfg_path(self.cfg.source), "add classes.json/classes.txt")
+            by_id = dict(zip(ids, names))
+            self.ignore_index = int(getattr(src, "ignore_index", None) or 255)
+            return [str(by_id.get(i, i)) for i in range(max(ids) + 1)]
         if src is not None:
             classes = list(getattr(src, "classes", []) or [])
             if len(classes) < 2:
@@ -322,6 +334,8 @@ class Engine:
     def _label_map(self, key: str) -> list[int] | None:
         """Labels of a labeled set mapped onto the training classes by name."""
         ds = self.datasets.get(key)
+        if key == "target" or self.cfg.task == "segmentation":
+            return None  # the unlabeled stream never carries labels; masks are read per sample
         labels = dataset_labels(ds) if ds is not None else None
         if labels is None:
             return None
@@ -346,6 +360,17 @@ class Engine:
             return model
         if cfg.backbone not in BACKBONE_NAMES:
             raise ShiftkitError(f"unknown --backbone {cfg.backbone!r}", None, f"use one of {', '.join(BACKBONE_NAMES)}")
+        if cfg.task == "segmentation":
+            arch = cfg.arch or ("unet" if cfg.backbone == "small_cnn" else "deeplabv2")
+            if arch == "unet":
+                return build_model({"arch": "unet", "num_classes": self.num_classes, "in_channels": cfg.in_channels or self._source_channels()})
+            if arch != "deeplabv2":
+                raise ShiftkitError(f"unknown segmentation --arch {arch!r}", None, "use deeplabv2 or unet")
+            bbs: dict[str, Any] = {"name": cfg.backbone}
+            if cfg.backbone == "mobilenet_v2":
+                bbs["output_stride"] = 8
+            weights = "imagenet" if cfg.pretrained and default_weights(cfg.backbone) else None
+            return build_model({"arch": "deeplabv2", "backbone": bbs, "num_classes": self.num_classes}, weights=weights)
         bb: dict[str, Any] = {"name": cfg.backbone}
         if cfg.backbone == "small_cnn":
             bb["in_channels"] = cfg.in_channels or self._source_channels()
@@ -372,7 +397,8 @@ class Engine:
             "input_size": [self.size, self.size],
             "in_channels": self.channels,
             "normalization": norm.as_dict() if hasattr(norm, "as_dict") else None,
-            "task": "classification",
+            "task": self.cfg.task,
+            "ignore_index": self.ignore_index if self.cfg.task == "segmentation" else None,
         }
 
     def _make_streams(self) -> None:
@@ -392,7 +418,9 @@ class Engine:
                 self.streams[k] = self._cached_features(k, labels[k])
         else:
             for k in keys:
-                self.streams[k] = ImageTensors(self.datasets[k], (self.size, self.size), self.channels, "skip", labels[k])
+                masks = cfg.task == "segmentation" and k != "target"
+                self.streams[k] = ImageTensors(self.datasets[k], (self.size, self.size), self.channels, "skip", labels[k],
+                                               masks=masks, ignore_index=self.ignore_index)
         self.labels = labels
 
     def _cached_features(self, key: str, labels: list[int] | None) -> TensorRows:
@@ -499,8 +527,9 @@ class Engine:
             from shiftkit.adapt.registry import build_method
 
             cw = self._class_weights()
+            extra = {"ignore_index": self.ignore_index} if cfg.task == "segmentation" else {}
             self.method = build_method(cfg.method, label_smoothing=cfg.label_smoothing, class_weights=cw,
-                                       **(cfg.method_options or {}))
+                                       **extra, **(cfg.method_options or {}))
         for s in self.method.streams:
             if s not in self.streams:
                 raise ShiftkitError(f"method {self.method.name} reads the {s} stream, but no --{s} was given", None,
@@ -527,7 +556,7 @@ class Engine:
         self.total_steps = self.iters_per_epoch * cfg.epochs
         self.warmup = int(cfg.warmup_steps if cfg.warmup_steps is not None else min(self.iters_per_epoch, self.total_steps // 20))
         self._optimizers()
-        self.selector = Selector(cfg.select or self._default_select())
+        self.selector = Selector(cfg.select or self._default_select(), cfg.task)
         self.global_step, self.start_epoch = 0, 0
         self._sums, self._count = {}, 0
         self.history: list[dict] = []
@@ -625,7 +654,49 @@ class Engine:
         return int(state["epoch"]), int(state["step_in_epoch"])
 
     # --- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _segmentation_epoch(self) -> dict[str, Any]:
+        """mIoU on labeled sets (pixel confusion, ignore_index skipped); label-free IM over target pixels,
+        streamed: IM = H(mean p) - mean H(p) over every 4th pixel in each direction."""
+        from shiftkit.adapt.losses import entropy
+        from shiftkit.train.metrics import segmentation_metrics
+
+        out: dict[str, Any] = {}
+        self.net.eval()
+        k = self.num_classes
+        for key in ("target_test", "source_val", "target"):
+            if key not in self.streams:
+                continue
+            cm = torch.zeros(k * k, dtype=torch.long)
+            psum, hsum, npx = torch.zeros(k, dtype=torch.double), 0.0, 0
+            for b in iterate_batches(self.streams[key], self.cfg.eval_batch_size, self.cfg.workers):
+                if b["bad"]:
+                    self._report_bad(b["bad"])
+                if b["x"] is None:
+                    continue
+                with self._autocast():
+                    _, z = self.net(self._to_input(b["x"]))
+                if key == "target":
+                    p = torch.softmax(z.float()[:, :, ::4, ::4], dim=1).movedim(1, -1).reshape(-1, k).double().cpu()
+                    psum += p.sum(0)
+                    hsum += float(entropy(p).sum())
+                    npx += p.shape[0]
+                    continue
+                pred = z.argmax(1).cpu()
+                y = b["y"]
+                ok = (y != self.ignore_index) & (y >= 0) & (y < k)
+                cm += torch.bincount(y[ok] * k + pred[ok], minlength=k * k)
+            if key == "target":
+                if npx:
+                    out["select_im"] = float(entropy(psum / npx, dim=0) - hsum / npx)
+                continue
+            m = segmentation_metrics(cm.view(k, k).numpy(), self.classes)
+            out.update({f"{key}_{n}": v for n, v in m.items() if n != "confusion_matrix"})
+        return out
+
     def evaluate_epoch(self, epoch: int) -> dict[str, Any]:
+        if self.cfg.task == "segmentation":
+            return self._segmentation_epoch()
         out: dict[str, Any] = {}
         for key in ("target_test", "source_val"):
             if key in self.streams and self.labels.get(key) is not None:
@@ -813,7 +884,8 @@ def _summary(record: dict) -> dict:
 
 def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
     parts = [f"epoch {epoch + 1}/{epochs}", f"loss {record['train'].get('loss', float('nan')):.4f}"]
-    for k in ("target_test_accuracy", "target_test_balanced_accuracy", "source_val_accuracy", "select_im"):
+    for k in ("target_test_accuracy", "target_test_balanced_accuracy", "target_test_miou", "source_val_accuracy",
+              "source_val_miou", "select_im"):
         if k in record:
             parts.append(f"{k} {record[k]:.4f}")
     if record.get("selected"):

@@ -94,6 +94,8 @@ def evaluate(model: str | Path, data: Any, out: str | Path | None = None, batch_
     """
     net, info, meta = ckpt.load_model(model, "cpu")
     classes = list(info["classes"])
+    if info.get("task") == "segmentation":
+        return _evaluate_segmentation(net, info, model, data, out, batch_size, device, workers, progress)
     ds = open_any(data, task="classification", what="--data")
     labels = _labels_on(ds, classes)
     if labels is None:
@@ -135,3 +137,42 @@ def predict(model: str | Path, data: Any, out: str | Path, batch_size: int = 64,
     counts = {c: int((pred == i).sum()) for i, c in enumerate(classes)}
     return {"model": str(model), "data": str(getattr(ds, "root", data)), "out": str(out), "n": int(len(pred)),
             "predicted_counts": counts, "skipped_images": [p for p, _ in r["bad"]]}
+
+
+@torch.no_grad()
+def _evaluate_segmentation(net, info, model, data, out, batch_size, device, workers, progress) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy at the model's input size (masks resized nearest)."""
+    from tqdm import tqdm
+
+    from shiftkit.train.metrics import segmentation_metrics
+
+    classes = list(info["classes"])
+    k = len(classes)
+    ignore = int(info.get("ignore_index") or 255)
+    ds = open_any(data, task="segmentation", what="--data")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    h, w = info["input_size"]
+    tds = ImageTensors(ds, (int(h), int(w)), int(info.get("in_channels") or 3), "skip", masks=True, ignore_index=ignore)
+    net.to(dev).eval()
+    cm = torch.zeros(k * k, dtype=torch.long)
+    bad = []
+    for b in tqdm(iterate_batches(tds, batch_size, workers), desc="evaluating", file=sys.stderr, disable=not progress,
+                  leave=False):
+        bad.extend(b["bad"])
+        if b["x"] is None:
+            continue
+        _, z = net.forward_features(b["x"].to(dev))
+        pred = z.argmax(1).cpu()
+        y = b["y"]
+        ok = (y != ignore) & (y >= 0) & (y < k)
+        cm += torch.bincount(y[ok] * k + pred[ok], minlength=k * k)
+    m = segmentation_metrics(cm.view(k, k).numpy(), classes)
+    result: dict[str, Any] = {"model": str(model), "data": str(getattr(ds, "root", data)), "classes": classes,
+                              "n": len(tds) - len(bad), **m, "skipped_images": [p for p, _ in bad]}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_confusion_png(m["confusion_matrix"], classes, out / "figures" / "confusion.png", f"mIoU {m['miou']:.3f}")
+        result["out"] = str(out)
+        atomic_write_json(out / "metrics.json", result)
+    return result

@@ -49,6 +49,22 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     return out
 
 
+def segmentation_metrics(matrix, classes: Sequence[str]) -> dict:
+    """From a pixel confusion matrix M (true x predicted): IoU_c = TP / (TP + FP + FN),
+    miou = mean IoU over classes present in the ground truth or the predictions, pixel_accuracy."""
+    m = np.asarray(matrix, dtype=np.float64)
+    tp = np.diag(m)
+    union = m.sum(0) + m.sum(1) - tp
+    iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
+    total = m.sum()
+    out: dict = {"pixels": int(total), "pixel_accuracy": float(tp.sum() / total) if total else 0.0,
+                 "miou": float(iou[union > 0].mean()) if (union > 0).any() else 0.0}
+    for i, name in enumerate(classes):
+        out[f"iou_{name}"] = float(iou[i])
+    out["confusion_matrix"] = m.astype(np.int64).tolist()
+    return out
+
+
 def save_confusion_png(matrix, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, written atomically as PNG."""
     import io

@@ -39,17 +39,20 @@ def snd_score(features: torch.Tensor, temperature: float = 0.05, max_samples: in
 class Selector:
     """Keeps the best epoch by the chosen score. `mode` in SELECT_MODES; `key` names the score."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, task: str = "classification"):
         if mode not in SELECT_MODES:
             raise ValueError(f"select must be one of {SELECT_MODES}, got {mode!r}")
         self.mode = mode
+        seg = task == "segmentation"
+        self.target_key = "target_test_miou" if seg else "target_test_balanced_accuracy"
+        self.source_key = "source_val_miou" if seg else "source_val_accuracy"
         self.best: float | None = None
         self.best_epoch: int | None = None
 
     @property
     def key(self) -> str:
-        return {"label-free": "select_im", "target-test": "target_test_balanced_accuracy",
-                "source-val": "source_val_accuracy", "last": "epoch"}[self.mode]
+        return {"label-free": "select_im", "target-test": self.target_key,
+                "source-val": self.source_key, "last": "epoch"}[self.mode]
 
     def update(self, epoch: int, metrics: dict) -> bool:
         """True when this epoch is the new best (ties keep the earlier epoch, except mode last)."""

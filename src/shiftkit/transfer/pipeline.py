@@ -315,11 +315,15 @@ def _provenance(plan: _Plan, rank: int, world: int) -> dict:
 
 
 def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     from shiftkit import __version__
 
-    import kornia
-
-    return {"shiftkit": __version__, "torch": torch.__version__, "kornia": kornia.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        kornia_version = version("kornia")  # metadata only: importing kornia costs half a second
+    except PackageNotFoundError:  # pragma: no cover
+        kornia_version = None
+    return {"shiftkit": __version__, "torch": torch.__version__, "kornia": kornia_version, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _fingerprint(cfg: TransferConfig) -> str:

@@ -203,6 +203,7 @@ def prepare(
         return done
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / SUMMARY_FILE, plan.summary(out, "in-progress"))
+    pixels: dict[str, dict[str, float]] = {}
     for split in plan.splits:
         target = out / split.name
         provenance = {
@@ -220,14 +221,35 @@ def prepare(
         else:
             log(f"{split.name}: writing {len(split.items)} images ({split.format}) ...")
             write_split(target, split, provenance, progress=progress)
+        extra = []
+        if split.format == "segmentation":
+            pixels[split.name] = mask_pixel_fractions(target, split.classes)
+            extra = ["Pixel balance (masks): " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in pixels[split.name].items())]
         readme = target / README
-        text = split.readme(plan.name, plan.seed, plan.limit)
+        text = split.readme(plan.name, plan.seed, plan.limit) + "".join(line + "\n" for line in extra)
         if not readme.is_file() or readme.read_text() != text:
             atomic_write_text(readme, text)
     atomic_write_text(out / README, _top_readme(plan))
     summary = plan.summary(out, "complete")
+    for name, fractions in pixels.items():
+        summary["splits"][name]["pixels"] = fractions
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def mask_pixel_fractions(root: Path, classes: list[str]) -> dict[str, float]:
+    """Fraction of mask pixels per class id over ROOT/masks/*.png (read back, so resumed builds count too)."""
+    from shiftkit.data.images import read_mask
+
+    counts = np.zeros(256, dtype=np.int64)
+    for f in sorted((root / "masks").rglob("*.png")):
+        counts += np.bincount(read_mask(f).ravel(), minlength=256)
+    total = max(int(counts.sum()), 1)
+    out = {name: float(counts[i] / total) for i, name in enumerate(classes)}
+    rest = int(counts[len(classes):].sum())
+    if rest:
+        out["other"] = rest / total  # ids outside the class list (255 = ignore)
+    return out
 
 
 def _top_readme(plan: BenchmarkPlan) -> str:

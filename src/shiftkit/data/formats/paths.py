@@ -14,8 +14,9 @@ from typing import Iterator
 from shiftkit.data.images import is_image_name
 from shiftkit.errors import UnsafePathError
 
-# Files shiftkit itself keeps inside dataset folders; never treated as data.
-RESERVED_NAMES = ("shiftkit.json",)
+# Files kept at a dataset's root that are never data: shiftkit's provenance, and the usual
+# documentation files (benchmark builders write a README saying where the data came from).
+RESERVED_NAMES = ("shiftkit.json", "README", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
 
 
 def normalize_relpath(rel: str, source: object = None) -> str:

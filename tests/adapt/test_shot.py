@@ -1,0 +1,210 @@
+"""SHOT: centroid pseudo labels on toys with known answers, the loss against hand computations,
+the frozen head, and a tiny source-free run through the engine."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from shiftkit.adapt.shot import Shot, centroid_pseudo_labels, shot_loss
+from shiftkit.data import Sample, Task
+from shiftkit.errors import ShiftkitError
+from shiftkit.models.ccexam import build
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_centroids_fix_a_wrong_prediction_on_a_2d_toy():
+    # two clusters, around the x axis and the y axis; the third x-point is predicted wrongly
+    f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [1.0, 0.1], [0.0, 1.0], [0.1, 0.9], [0.1, 1.0]])
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.1, 0.9], [0.1, 0.9]])
+    labels, cents = centroid_pseudo_labels(f, p)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert cents.shape == (2, 3)  # bias column
+
+
+def test_soft_centroids_match_the_formula():
+    f = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    p = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    _, c = centroid_pseudo_labels(f, p, rounds=0)
+    a = np.array([3, 4, 1]) / math.sqrt(26)  # [f, 1] / ||[f, 1]||
+    b = np.array([0, 2, 1]) / math.sqrt(5)
+    c0 = (0.75 * a + 0.5 * b) / 1.25
+    c1 = (0.25 * a + 0.5 * b) / 0.75
+    assert np.allclose(c.numpy(), np.stack([c0, c1]), atol=1e-6)
+    # without the bias column, plain L2-normalised features
+    _, c = centroid_pseudo_labels(f, p, rounds=0, bias=False)
+    assert np.allclose(c[0].numpy(), (0.75 * np.array([0.6, 0.8]) + 0.5 * np.array([0, 1])) / 1.25, atol=1e-6)
+
+
+def test_refinement_round_and_labelset():
+    # class 2 is never the argmax: it cannot be a pseudo label, even for a point near its centroid
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.2]])
+    p = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.4, 0.25, 0.35]])
+    labels, _ = centroid_pseudo_labels(f, p, rounds=1)
+    assert 2 not in labels.tolist()
+    # hard-label round: a point whose soft assignment is ambiguous goes to the nearer hard centroid
+    f = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0], [0.95, 0.3]])
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.45, 0.55]])
+    labels, _ = centroid_pseudo_labels(f, p, rounds=1)
+    assert labels.tolist() == [0, 0, 1, 1, 0]
+
+
+def test_centroid_bad_arguments():
+    with pytest.raises(ValueError, match="features"):
+        centroid_pseudo_labels(torch.zeros(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="rounds"):
+        centroid_pseudo_labels(torch.zeros(3, 2), torch.full((3, 2), 0.5), rounds=-1)
+
+
+def test_shot_loss_against_hand_computation():
+    z = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0])
+    p = [[math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)], [1 / (1 + math.e), math.e / (1 + math.e)]]
+    h = [-sum(q * math.log(q) for q in row) for row in p]
+    mean = [(p[0][k] + p[1][k]) / 2 for k in range(2)]
+    ent, div = sum(h) / 2, -sum(q * math.log(q) for q in mean)
+    ce = (-math.log(p[0][0]) - math.log(p[1][0])) / 2
+    total, parts = shot_loss(z, y, beta=0.3)
+    assert math.isclose(float(total), ent - div + 0.3 * ce, rel_tol=1e-5)
+    assert math.isclose(float(parts["ent"]), ent, rel_tol=1e-5) and math.isclose(float(parts["div"]), div, rel_tol=1e-5)
+    total, _ = shot_loss(z, None, beta=0.3)  # no pseudo labels: IM only
+    assert math.isclose(float(total), ent - div, rel_tol=1e-5)
+
+
+def test_method_freezes_the_head_and_trains_the_features():
+    torch.manual_seed(0)
+    model = build("mnist_net", input_size=8)
+    shot = Shot()
+    shot.freeze_head(model)
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        f, z = model.forward_features(x)
+    shot.relabel(f, torch.softmax(z, 1), torch.arange(6), 6)
+    assert shot.pseudo_labels.shape == (6,)
+    shot.pseudo_labels[0] = -1  # an unreadable image: ignored by the CE
+    _, logits = model.forward_features(x)
+    losses, logs = shot.losses(logits, torch.arange(6))
+    assert set(losses) == {"im", "pl"} and {"ent", "div"} <= set(logs)
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.feature_parameters())
+
+
+def test_method_bad_arguments():
+    with pytest.raises(ShiftkitError, match=">= 0"):
+        Shot(beta=-1)
+    with pytest.raises(ShiftkitError, match="head"):
+        Shot().freeze_head(torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="on_epoch_start"):
+        Shot().losses(torch.zeros(2, 3, requires_grad=True), torch.arange(2))
+
+
+class _Digits:
+    """In-memory dataset: bright top (class 0) or bright bottom (class 1) 8x8 images."""
+
+    def __init__(self, n: int, seed: int, labeled: bool, shift: float = 0.0):
+        rng = np.random.default_rng(seed)
+        self.y = np.arange(n) % 2
+        imgs = rng.normal(0.3 + shift, 0.1, (n, 8, 8))
+        for i, c in enumerate(self.y):
+            imgs[i, slice(0, 4) if c == 0 else slice(4, 8)] += 0.5
+        self.images = (np.clip(imgs, 0, 1) * 255).astype(np.uint8)
+        self.task = Task.CLASSIFICATION if labeled else Task.UNLABELED
+        self.classes = ["0", "1"] if labeled else []
+        self.labeled = labeled
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return Sample(self.images[i], int(self.y[i]) if self.labeled else None, f"{i}.png")
+
+    def labels(self):
+        return self.y.tolist()
+
+    def paths(self):
+        return [f"{i}.png" for i in range(len(self))]
+
+
+def test_tiny_source_free_run_through_the_engine(tmp_path):
+    from shiftkit.adapt.sourcefree import adapt
+
+    torch.manual_seed(0)
+    model = build("svhn_net", input_size=8, num_classes=2)
+    head_before = [p.detach().clone() for p in model.head.parameters()]
+    body_before = [p.detach().clone() for p in model.feature_parameters()]
+    out = tmp_path / "run"
+    m = adapt(model, _Digits(24, 1, False, 0.2), target_test=_Digits(12, 2, True, 0.2), out=out,
+              epochs=2, batch_size=8, seed=0, device="cpu", progress=False, log_every=1)
+    assert m["method"] == "shot" and m["select"] == "label-free" and m["uses_target_labels"] is False
+    assert 0.0 <= m["target_test_accuracy"] <= 1.0 and m["selected_epoch"] in (0, 1)
+    for name in ("config.json", "log.jsonl", "metrics.json", "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["source"] is None and cfg["optimizer"] == "sgd" and cfg["schedule"] == "dann"
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(body_before, model.feature_parameters()))
+    # the checkpoint rebuilds the ccexam architecture with no flags
+    from shiftkit.models.ccexam import load_model
+
+    again = load_model(out / "checkpoints" / "best.safetensors")
+    assert again.spec == model.spec and again.classes == ["0", "1"]
+
+
+def test_adapt_refuses_source_arguments_and_das3(tmp_path):
+    from shiftkit.adapt.sourcefree import adapt
+
+    with pytest.raises(ShiftkitError, match="no source"):
+        adapt(build("mnist_net", input_size=8), _Digits(8, 0, False), out=tmp_path / "x", source="somewhere")
+    with pytest.raises(ShiftkitError, match="das3.*not available"):
+        adapt(build("mnist_net", input_size=8), _Digits(8, 0, False), out=tmp_path / "x", method="das3")
+
+
+def _png_folder(root, n: int, labeled: bool):
+    from PIL import Image
+
+    ds = _Digits(n, 3, labeled, 0.1)
+    for i in range(n):
+        d = root / str(ds.y[i]) if labeled else root
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.kron(ds.images[i], np.ones((2, 2), np.uint8))).save(d / f"{i}.png")  # 16x16
+    return root
+
+
+def test_cli_adapt_state_dict_with_arch(tmp_path, capsys):
+    from shiftkit.cli import main
+
+    torch.manual_seed(0)
+    pth = tmp_path / "usps.pth"
+    torch.save(build("usps_net").state_dict(), pth)
+    target, test = _png_folder(tmp_path / "t", 16, False), _png_folder(tmp_path / "tt", 8, True)
+    rc = main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--target-test", str(test),
+               "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--no-progress", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["method"] == "shot" and "target_test_accuracy" in r and r["uses_target_labels"] is False
+    assert (tmp_path / "run" / "checkpoints" / "best.safetensors").is_file()
+    # no architecture for a plain state_dict: one-line error, exit 2
+    assert main(["adapt", "--model", str(pth), "--target", str(target), "--out", str(tmp_path / "r2")]) == 2
+    assert "--arch" in capsys.readouterr().err
+
+
+def test_cli_has_no_source_option_and_lists_das3_as_not_available(tmp_path, capsys):
+    from shiftkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["adapt", "--model", "m.pth", "--source", "s", "--target", "t", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--source" in capsys.readouterr().err
+    assert main(["adapt", "--model", "m.pth", "--target", "t", "--method", "das3", "--out", str(tmp_path / "o")]) == 2
+    assert "not available yet" in capsys.readouterr().err
