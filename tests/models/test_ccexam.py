@@ -10,7 +10,7 @@ import torch
 from shiftkit.errors import ShiftkitError
 from shiftkit.models import build_model
 from shiftkit.models.ccexam import (
-    ARCHS, MNISTNet, SVHNNet, USPSNet, WeightsError, build, load_model, load_pretrained, load_state_dict_file, to_unit,
+    MNISTNet, SVHNNet, USPSNet, WeightsError, build, load_model, load_pretrained, load_state_dict_file, to_unit,
 )
 from shiftkit.resources import cached_path
 

@@ -177,3 +177,40 @@ def test_cli_json_and_gap(datasets, capsys):
     # a finished output is not silently rewritten
     assert main(["transfer", "--source", str(a), "--target", str(b), "--out", str(tmp / "o"), "--no-gap"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_target_cache_is_bounded_and_transparent(datasets):
+    from shiftkit.transfer.pipeline import _Items
+
+    tds = open_dataset(datasets["B"])
+    one = tds[0].image.nbytes
+    items = _Items(open_dataset(datasets["A"]), tds, lambda i: i % len(tds), cache_bytes=2 * one)
+    for i in range(7):
+        got = items[i]
+        assert np.array_equal(got["target"], tds[i % len(tds)].image)
+        assert items._cached <= 2 * one and len(items._cache) <= 2
+
+
+def _run_and_die(cfg_kwargs):
+    import os
+
+    def die(k):
+        if k == 1:
+            os._exit(9)  # like SIGKILL: no finally blocks, no writer close, nothing flushed on exit
+
+    run_transfer(_cfg(**cfg_kwargs), after_batch=die)
+
+
+def test_hard_kill_and_rerun_is_identical(tmp_path, make):
+    import multiprocessing
+
+    a, b = make.classification(tmp_path / "A", n=8, c=3), make.target(tmp_path / "B", n=4)
+    kw = dict(method="histogram", batch_size=3, seed=2, pair="nearest")
+    run_transfer(_cfg(a, b, tmp_path / "full", **kw))
+    p = multiprocessing.get_context("fork").Process(target=_run_and_die, args=(dict(src=a, tgt=b, out=tmp_path / "killed", **kw),))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 9 and not (tmp_path / "killed").exists()
+    res = run_transfer(_cfg(a, b, tmp_path / "killed", **kw))
+    assert res["skipped_done"] == 6 and res["written"] == 2
+    assert _files(tmp_path / "full") == _files(tmp_path / "killed")

@@ -188,13 +188,4 @@ class Shot(Method):
         self.pseudo_labels = state.get("pseudo_labels")
 
 
-def register() -> None:
-    """`--method shot` in shiftkit.adapt.registry."""
-    from shiftkit.adapt.registry import register as reg
-
-    reg("shot", lambda **kw: Shot(**{k: v for k, v in kw.items() if k in _OPTIONS}))
-
-
-_OPTIONS = ("beta", "im_weight", "diversity_weight", "refine_rounds", "label_threshold")
-
-__all__ = ["Shot", "centroid_pseudo_labels", "register", "shot_loss"]
+__all__ = ["Shot", "centroid_pseudo_labels", "shot_loss"]

@@ -80,9 +80,9 @@ def adapt(
     if tuple(getattr(m, "streams", ())) != ("target",):
         raise ShiftkitError(f"method {getattr(m, 'name', m)!r} reads {getattr(m, 'streams', None)}, not only the target")
     cfg_kwargs = {**SHOT_DEFAULTS, "select": "label-free", **settings}
-    cfg_kwargs.setdefault("backbone", "small_cnn")  # unused: the model is given
-    cfg = TrainConfig(source=None, target=target if isinstance(target, str) else target, target_test=target_test,
-                      out=os.fspath(out), method=m.name, **cfg_kwargs)
+    target = os.fspath(target) if isinstance(target, os.PathLike) else target
+    target_test = os.fspath(target_test) if isinstance(target_test, os.PathLike) else target_test
+    cfg = TrainConfig(source=None, target=target, target_test=target_test, out=os.fspath(out), method=m.name, **cfg_kwargs)
     engine = SourceFreeEngine(cfg, model=model, method=m)
     return engine.run_training()
 

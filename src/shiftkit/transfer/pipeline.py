@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -146,8 +147,26 @@ class _Items(torch.utils.data.Dataset):
     """Decodes source sample i (and, when the pair is known up front, its target image unless
     only the target's precomputed summary is needed)."""
 
-    def __init__(self, ds, tds, pair_of: Callable[[int], int | None] | None, decode_target: bool = True):
+    def __init__(self, ds, tds, pair_of: Callable[[int], int | None] | None, decode_target: bool = True,
+                 cache_bytes: int = 64 << 20):
         self.ds, self.tds, self.pair_of, self.decode_target = ds, tds, pair_of, decode_target
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # decoded targets, LRU, at most cache_bytes
+        self._cached = 0
+
+    def _target(self, j: int) -> np.ndarray:
+        img = self._cache.get(j)
+        if img is not None:
+            self._cache.move_to_end(j)
+            return img
+        img = self.tds[j].image
+        if img.nbytes <= self.cache_bytes:
+            self._cache[j] = img
+            self._cached += img.nbytes
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.nbytes
+        return img
 
     def __len__(self):
         return len(self.ds)
@@ -156,7 +175,7 @@ class _Items(torch.utils.data.Dataset):
         try:
             s = self.ds[i]
             j = self.pair_of(i) if self.pair_of is not None else None
-            t = self.tds[j].image if (j is not None and self.decode_target) else None
+            t = self._target(j) if (j is not None and self.decode_target) else None
             return {"i": i, "sample": s, "target_index": j, "target": t, "error": None}
         except ShiftkitError as exc:
             return {"i": i, "sample": None, "target_index": None, "target": None, "error": exc}
