@@ -216,9 +216,10 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(f"PEAK_RSS_KB {max(r, c)}", file=sys.stderr)
+# VmHWM (this process's own peak) resets at exec; ru_maxrss would carry the launching parent's size.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # DataLoader workers, if any
+print(f"PEAK_RSS_KB {hwm} CHILDREN_KB {c}", file=sys.stderr)
 sys.exit(code)
 """
 
@@ -247,26 +248,27 @@ def run_bare(src: Path, out: Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
-def end_to_end(work: Path, n: int, repeats: int, methods: list[str], env: dict, extra: list[str]) -> list[dict]:
+def end_to_end(work: Path, n: int, repeats: int, methods: list[str], env: dict, extra: list[str], workers: list[int]) -> list[dict]:
     src, tgt = work / "source", work / "target"
     rows = []
     bare = [n / run_bare(src, work / "bare_out", env) for _ in range(repeats)]
     print(f"  {'decode+encode loop':34s} {median(bare):8.1f} images/s", file=sys.stderr)
     rows.append({"method": "decode+encode (I/O limit)", "uses_target_labels": False,
                  "metrics": {"images_per_s": summary(bare, 2)}, "wall_s": summary([n / v for v in bare], 3), "images": n})
-    for m in methods:
+    for m, nw in [(m, nw) for nw in workers for m in methods]:
         ips, rss, inner = [], [], []
         for _ in range(repeats):
-            wall, peak, res = run_cli(src, tgt, work / f"out_{m}", m, env, extra)
+            wall, peak, res = run_cli(src, tgt, work / f"out_{m}", m, env, [*extra, "--workers", str(nw)])
             ips.append(n / wall)
             rss.append(peak)
             inner.append(res.get("transfer_s", float("nan")))
         frac = [a / b for a, b in zip(ips, bare)]
-        print(f"  {'cli ' + m:34s} {median(ips):8.1f} images/s ({median(frac):.0%} of the I/O limit)", file=sys.stderr)
-        rows.append({"method": f"cli {m}", "uses_target_labels": False,
+        name = f"cli {m} --workers {nw}"
+        print(f"  {name:34s} {median(ips):8.1f} images/s ({median(frac):.0%} of the I/O limit)", file=sys.stderr)
+        rows.append({"method": name, "uses_target_labels": False,
                      "metrics": {"images_per_s": summary(ips, 2), "fraction_of_io_limit": summary(frac, 3), "peak_rss_mb": summary(rss, 1)},
                      "wall_s": summary([n / v for v in ips], 3), "transfer_loop_s": summary(inner, 3), "images": n,
-                     "cli_args": ["--method", m, *extra]})
+                     "cli_args": ["--method", m, *extra, "--workers", str(nw)]})
     return rows
 
 
@@ -311,7 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in process and OMP_NUM_THREADS of the CLI (default 1: the cores are shared)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "transfer_speed"), help="scratch folder for the PNG sets (git-ignored runs/)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["inprocess", "e2e", "memory"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["inprocess", "e2e", "memory"],
+                    help="parts not to run; their rows are kept from the existing results file")
+    ap.add_argument("--workers", nargs="*", type=int, default=[0, 2], help="--workers values for the CLI runs (default 0 2)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer_speed.json"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -319,9 +323,15 @@ def main(argv=None) -> int:
 
     groups = image_set(args.n, args.seed)
     rows: list[dict] = []
+    previous, carried = [], None  # rows of skipped parts are kept from the last results file
+    if args.skip and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        previous = [r for r in old.get("rows", []) if r.get("part") in args.skip]
+        if previous:
+            carried = {"parts": sorted({r["part"] for r in previous}), "command": old.get("command"), "date": old.get("date")}
     if "inprocess" not in args.skip:
         print("in process (same images, same pairs):", file=sys.stderr)
-        rows += in_process(groups, args.beta, args.batch_size, args.repeats, args.threads)
+        rows += [dict(r, part="inprocess") for r in in_process(groups, args.beta, args.batch_size, args.repeats, args.threads)]
     work = Path(args.work)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT / "src"))
     extra = ["--beta", str(args.beta), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
@@ -332,10 +342,12 @@ def main(argv=None) -> int:
     del groups
     if "e2e" not in args.skip:
         print("end to end (subprocesses, PNG files):", file=sys.stderr)
-        rows += end_to_end(work, args.n, args.repeats, ["fda", "histogram"], env, extra)
+        rows += [dict(r, part="e2e") for r in end_to_end(work, args.n, args.repeats, ["fda", "histogram"], env, extra, args.workers)]
     if "memory" not in args.skip:
         print("peak memory, input grown 10x:", file=sys.stderr)
-        rows += memory_growth(work, args.n, args.repeats, env, extra, "fda")
+        rows += [dict(r, part="memory") for r in memory_growth(work, args.n, args.repeats, env, extra, "fda")]
+    order = {"inprocess": 0, "e2e": 1, "memory": 2}
+    rows = sorted(previous + rows, key=lambda r: order.get(r.get("part"), 3))
 
     result = {
         "benchmark": "transfer-speed",
@@ -353,6 +365,8 @@ def main(argv=None) -> int:
                  "peak_rss_ratio_10x_over_1x": {"at_most": 1.2}},
         "total_wall_s": round(time.perf_counter() - t_start, 1),
     }
+    if carried:
+        result["carried_over"] = carried
     from shiftkit.io import atomic_write_json
 
     atomic_write_json(args.out, result)

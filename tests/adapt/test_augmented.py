@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from shiftkit.adapt.augmented import (
-    Augmented, adabn, compose, degrade_digits, dihedral, jitter, predict_probs, random_affine, scale_crop,
+    Augmented, adabn, compose, degrade_digits, digit_boxes, dihedral, jitter, predict_probs, random_affine, scale_crop,
 )
 from shiftkit.adapt.base import Method, Phase, StepInfo
 
@@ -65,17 +65,33 @@ def test_degrade_digits_hand_reference():
     # a full white 20x20 box -> all 16 counts -> white box again; black stays black
     x = torch.zeros(2, 1, 28, 28)
     x[0, :, 4:24, 4:24] = 1.0
-    y = degrade_digits(x)
+    y = degrade_digits(x, threshold=(0.5, 0.5), thicken=0.0)
     assert y.shape == x.shape
     assert torch.allclose(y[0, :, 4:24, 4:24], torch.ones(1, 20, 20))
     assert y[0].sum() == 400 and y[1].abs().sum() == 0
-    # a half box (left 10 columns) -> 8x8 counts 16 in the left 4 columns, 0 in the right 4 (+ a
-    # blurred edge); values are quantised to 1/16 steps before the resize
+    # a 20-high, 10-wide bar: its box (side 20) fills the 32x32 bitmap's height and its middle
+    # 16 columns -> 8x8 counts 16 in columns 2..5 -> upsampled to 20 columns: output column j
+    # samples 0.4 j - 0.3, so j = 6..13 are fully white and j <= 3, j >= 16 black
     x2 = torch.zeros(1, 1, 28, 28)
     x2[0, :, 4:24, 4:14] = 1.0
-    y2 = degrade_digits(x2, threshold=(0.5, 0.5))
-    assert torch.allclose(y2[0, 0, 4:24, 4:11], torch.ones(20, 7), atol=1 / 255)
-    assert y2[0, 0, 4:24, 17:24].max() < 1 / 255 + 1e-6
+    y2 = degrade_digits(x2, threshold=(0.5, 0.5), thicken=0.0)[0, 0, 4:24]
+    assert torch.allclose(y2[:, 6:14], torch.ones(20, 8))
+    assert y2[:, :4].abs().max() == 0 and y2[:, 16:].abs().max() == 0
+    # the same bar moved elsewhere gives the same result: the box is found per image
+    x3 = torch.zeros(1, 1, 28, 28)
+    x3[0, :, 2:22, 10:20] = 1.0
+    assert torch.allclose(degrade_digits(x3, threshold=(0.5, 0.5), thicken=0.0)[0, 0, 4:24], y2)
+    # thickening only adds ink
+    torch.manual_seed(0)
+    assert (degrade_digits(x2, threshold=(0.5, 0.5), thicken=1.0)[0, 0, 4:24] >= y2 - 1e-6).all()
+    with pytest.raises(ValueError):
+        degrade_digits(x, thicken=2.0)
+
+
+def test_digit_boxes():
+    x = torch.zeros(2, 1, 6, 6)
+    x[0, 0, 1:3, 2:5] = 1.0
+    assert digit_boxes(x).tolist() == [[1, 2, 2, 4], [0, 5, 0, 5]]
 
 
 class _Record(Method):

@@ -63,14 +63,16 @@ def test_normalisation_inside_matches_hand_computation():
 
 def test_bad_inputs_and_arguments():
     m = build("svhn_net")
-    with pytest.raises(ValueError, match="32x32"):
+    with pytest.raises(ShiftkitError, match="32x32"):
         m(torch.rand(1, 3, 28, 28))
-    with pytest.raises(ValueError, match="float"):
+    with pytest.raises(ShiftkitError, match="float"):
         m(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ShiftkitError, match="unknown architecture"):
         build("resnet9000")
     with pytest.raises(ShiftkitError, match="multiple of 8"):
         build("svhn_net", input_size=30)
+    with pytest.raises(ShiftkitError, match="unknown ccexam model"):
+        load_pretrained("cifar")
 
 
 def test_to_unit_resizes_and_replicates():
@@ -130,7 +132,7 @@ def test_published_mnist_model_reads_mnist():
     from shiftkit.data.builders.sources import load_mnist
 
     test = load_mnist()["test"]
-    m = load_pretrained("mnist").eval()
+    m = load_model("ccexam:mnist").eval()  # the --model spelling of the pretrained ccexam models
     x = torch.from_numpy(test.images[:300])[:, None].float() / 255
     with torch.no_grad():
         acc = float((m(x).argmax(1).numpy() == test.labels[:300]).mean())

@@ -128,3 +128,14 @@ def test_bad_arguments(backbone, kw, tmp_path):
         extract_features(torch.nn.Linear(2, 2), _images(2), cache_dir=tmp_path)
     with pytest.raises(ShiftkitError):
         extract_features(backbone, [np.zeros((4, 4, 2), np.uint8)], size=28, device="cpu", cache_dir=tmp_path, progress=False)
+
+
+def test_dataset_folder_path_through_open_dataset(backbone, tmp_path):
+    pytest.importorskip("shiftkit.data.formats")
+    root = tmp_path / "folder"
+    for i, im in enumerate(_images(4, seed=2)[:3]):
+        (root / f"k{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(root / f"k{i % 2}" / f"{i}.png")
+    fs = extract_features(backbone, str(root), size=28, device="cpu", cache_dir=tmp_path / "c", progress=False)
+    assert fs.features.shape == (3, backbone.out_channels)
+    assert sorted(fs.labels.tolist()) == [0, 0, 1]

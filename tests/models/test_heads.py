@@ -86,3 +86,11 @@ def test_build_model_with_pretrained_backbone_records_weights():
     # rebuilding from the spec does not fetch or load weights (the checkpoint's tensors follow)
     m2 = build_model(m.spec)
     assert not torch.equal(m2.backbone.features[0][0].weight, ref.features[0][0].weight)
+
+
+def test_frozen_backbone_bn_stays_eval_inside_classifier():
+    m = _clf()
+    m.backbone.freeze()
+    m.train()
+    bns = [b for b in m.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert not any(b.training for b in bns) and m.head.training

@@ -49,3 +49,18 @@ def test_verify_detects_a_corrupt_cache(capsys, tmp_path, monkeypatch):
         fh.write(b"\0")
     assert main(["weights", "verify", "mobilenet_v2-imagenet"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_inspect_reports_keys_and_fit(capsys, tmp_path):
+    import torch
+
+    from shiftkit.models.backbones import SmallCNN
+
+    path = tmp_path / "s.pth"
+    torch.save(SmallCNN().state_dict(), path)
+    assert main(["weights", "inspect", str(path), "--backbone", "small_cnn", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_keys"] == len(SmallCNN().state_dict()) and out["fits"]["ok"]
+    assert main(["weights", "inspect", str(path), "--backbone", "mobilenet_v2", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["fits"]["ok"] and "missing" in out["fits"]["error"]

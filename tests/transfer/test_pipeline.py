@@ -191,26 +191,30 @@ def test_target_cache_is_bounded_and_transparent(datasets):
         assert items._cached <= 2 * one and len(items._cache) <= 2
 
 
-def _run_and_die(cfg_kwargs):
-    import os
+KILLED_RUN = """
+import os, sys
+from shiftkit.transfer.pipeline import TransferConfig, run_transfer
 
-    def die(k):
-        if k == 1:
-            os._exit(9)  # like SIGKILL: no finally blocks, no writer close, nothing flushed on exit
+def die(k):
+    if k == 1:
+        os._exit(9)  # like SIGKILL: no finally blocks, no writer close, nothing flushed at exit
 
-    run_transfer(_cfg(**cfg_kwargs), after_batch=die)
+cfg = TransferConfig(source=sys.argv[1], target=sys.argv[2], out=sys.argv[3], method="histogram", batch_size=3, seed=2,
+                     pair="nearest", gap=False, progress=False, device="cpu", rank=0, world_size=1)
+run_transfer(cfg, after_batch=die)
+"""
 
 
 def test_hard_kill_and_rerun_is_identical(tmp_path, make):
-    import multiprocessing
+    import subprocess
+    import sys
 
     a, b = make.classification(tmp_path / "A", n=8, c=3), make.target(tmp_path / "B", n=4)
     kw = dict(method="histogram", batch_size=3, seed=2, pair="nearest")
     run_transfer(_cfg(a, b, tmp_path / "full", **kw))
-    p = multiprocessing.get_context("fork").Process(target=_run_and_die, args=(dict(src=a, tgt=b, out=tmp_path / "killed", **kw),))
-    p.start()
-    p.join(120)
-    assert p.exitcode == 9 and not (tmp_path / "killed").exists()
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(a), str(b), str(tmp_path / "killed")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr
+    assert not (tmp_path / "killed").exists() and (tmp_path / "killed.partial").is_dir()
     res = run_transfer(_cfg(a, b, tmp_path / "killed", **kw))
     assert res["skipped_done"] == 6 and res["written"] == 2
     assert _files(tmp_path / "full") == _files(tmp_path / "killed")

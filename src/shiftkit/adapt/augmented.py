@@ -11,9 +11,9 @@ from torch's global RNG (which the engine seeds and checkpoints, so resume repla
   x'(u) = x(s u + t), |t| <= 1 - s (normalised coordinates), reflection padding.
 - `jitter`: x' = clamp((x - mean_i) * c_i + mean_i + b_i, 0, 1), c_i ~ U[1-c, 1+c], b_i ~ U[-b, b].
 - `random_affine`: rotation, anisotropic scale, shear and shift (digits).
-- `degrade_digits`: 28x28 MNIST-style digit -> its 20x20 box -> 32x32 binary bitmap (threshold
-  t_i) -> 4x4 block counts (17 levels, the UCI 8x8 recipe) -> back to 20x20 (bilinear,
-  antialiased) -> padded to 28x28: the path the UCI target digits took.
+- `degrade_digits`: a 28x28 MNIST-style digit -> its ink box scaled into a 32x32 binary bitmap
+  (threshold t_i, sometimes thickened) -> 4x4 block counts (17 levels, the UCI 8x8 recipe) ->
+  back to 20x20 (bilinear, antialiased) -> padded to 28x28: the path the UCI target digits took.
 """
 
 from __future__ import annotations
@@ -111,21 +111,59 @@ def random_affine(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, sh
     return _resample(x, theta, "zeros")
 
 
-def degrade_digits(x: torch.Tensor, threshold: tuple[float, float] = (0.3, 0.6), box: int = 20,
-                   levels: int = 16) -> torch.Tensor:
-    """MNIST-style 28x28 digits -> the UCI 8x8 path (binary 32x32 bitmap, 4x4 counts) -> back to 28x28."""
+def digit_boxes(x: torch.Tensor, ink: float = 0.1) -> torch.Tensor:
+    """Per image (N, 4) bounding box (row0, row1, col0, col1), inclusive, of pixels > ink; the
+    whole image where there is no ink."""
     _check_images(x)
-    size = x.shape[-1]
-    if x.shape[-2] != size or not 0 < box <= size:
-        raise ValueError(f"degrade_digits needs square images holding a box of {box} pixels, got {tuple(x.shape[-2:])}")
-    lo = (size - box) // 2
-    inner = x[:, :, lo:lo + box, lo:lo + box]
-    t = _uniform(x.shape[0], threshold[0], threshold[1], x).view(-1, 1, 1, 1)
-    bitmap = (F.interpolate(inner, size=(32, 32), mode="bilinear", align_corners=False) > t).to(x.dtype)
+    m = (x.amax(1) > ink)
+    n, h, w = m.shape
+    rows, cols = m.any(2), m.any(1)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    big = 10**6
+    r0 = torch.where(rows, ar_h, big).amin(1)
+    r1 = torch.where(rows, ar_h, -1).amax(1)
+    c0 = torch.where(cols, ar_w, big).amin(1)
+    c1 = torch.where(cols, ar_w, -1).amax(1)
+    empty = r1 < 0
+    box = torch.stack([r0, r1, c0, c1], 1)
+    box[empty] = torch.tensor([0, h - 1, 0, w - 1], device=x.device)
+    return box
+
+
+def degrade_digits(x: torch.Tensor, threshold: tuple[float, float] = (0.25, 0.55), thicken: float = 0.5,
+                   box: int = 20, levels: int = 16) -> torch.Tensor:
+    """Digits -> the UCI 8x8 path -> back to (H, W) like the builder's upsampling.
+
+    Per image: its ink bounding box is scaled so that its longer side fills a 32x32 bitmap
+    (aspect kept, centred; theta = [[s/W, 0, 2c_x/W - 1], [0, s/H, 2c_y/H - 1]], s = longer side),
+    binarised at t_i ~ U[threshold], thickened by a 3x3 max filter with probability `thicken`
+    (UCI pens are thicker), reduced to 8x8 counts of 4x4 blocks (0..16), then resized to
+    box x box (bilinear, antialiased) and padded to the input size, as the target was built.
+    """
+    _check_images(x)
+    n, _, h, w = x.shape
+    if h != w or not 0 < box <= h:
+        raise ValueError(f"degrade_digits needs square images holding a box of {box} pixels, got {(h, w)}")
+    if not 0 <= thicken <= 1 or not 0 < threshold[0] <= threshold[1] < 1:
+        raise ValueError(f"thicken must be in [0, 1] and 0 < threshold[0] <= threshold[1] < 1, got {thicken}, {threshold}")
+    b = digit_boxes(x).to(x.dtype)
+    side = torch.maximum(b[:, 1] - b[:, 0] + 1, b[:, 3] - b[:, 2] + 1)
+    cy, cx = (b[:, 0] + b[:, 1] + 1) / 2, (b[:, 2] + b[:, 3] + 1) / 2
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = side / w, 2 * cx / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = side / h, 2 * cy / h - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], 32, 32], align_corners=False)
+    big = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    t = _uniform(n, threshold[0], threshold[1], x).view(-1, 1, 1, 1)
+    bitmap = (big > t).to(x.dtype)
+    thick = (torch.rand(n) < thicken).to(x.device).view(-1, 1, 1, 1)
+    bitmap = torch.where(thick, F.max_pool2d(bitmap, 3, 1, 1), bitmap)
     small = (F.avg_pool2d(bitmap, 4) * levels).round() / levels
     up = F.interpolate(small * 255, size=(box, box), mode="bilinear", align_corners=False, antialias=True)
     up = up.round().clamp(0, 255) / 255
-    return F.pad(up, (lo, size - box - lo, lo, size - box - lo))
+    lo = (h - box) // 2
+    return F.pad(up, (lo, h - box - lo, lo, h - box - lo))
 
 
 def compose(*ops: Aug) -> Aug:

@@ -70,6 +70,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--select", choices=["label-free", "target-test", "source-val", "last"], default=None,
                    help="how to choose best.safetensors (default: label-free with --target, else source-val, else last)")
     s.add_argument("--select-score", choices=["im", "snd"], default="im", help="label-free score")
+    s.add_argument("--eval-every", type=int, default=1, help="evaluate and select every N epochs (the last always)")
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--ckpt-every", type=int, default=None, help="also checkpoint every N steps (epochs always)")
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, size=args.size,
         freeze_stages=args.freeze_stages, freeze_bn=args.freeze_bn, freeze_backbone=args.freeze_backbone,
         balanced_sampling=args.balanced_sampling, class_weights=_class_weights(args.class_weights),
-        iters_per_epoch=args.iters_per_epoch, select=args.select, select_score=args.select_score, amp=args.amp,
+        iters_per_epoch=args.iters_per_epoch, select=args.select, select_score=args.select_score,
+        eval_every=args.eval_every, amp=args.amp,
         channels_last=args.channels_last, seed=args.seed, device=args.device, workers=args.workers, resume=args.resume,
         ckpt_every=args.ckpt_every, log_every=args.log_every, on_bad=args.on_bad, progress=not args.no_progress,
     )

@@ -8,9 +8,9 @@ import sys
 
 from shiftkit.common_args import add_device, add_json, add_seed, add_task, add_workers, epilog
 
-HELP = "write A' = source images restyled like the target set (fda, histogram, color-stats, pca); labels unchanged"
+HELP = "write A' = source images restyled like the target set (fda, histogram, color-stats, pca, learned); labels unchanged"
 
-METHOD_NAMES = ("fda", "histogram", "color-stats", "pca")
+METHOD_NAMES = ("fda", "histogram", "color-stats", "pca", "learned")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="dataset B whose look to copy (labels unused)")
     p.add_argument("--out", required=True, help="output dataset A' (same format as A); must not exist inside A or B")
     p.add_argument("--method", choices=METHOD_NAMES, default="fda", help="transfer method (default fda)")
+    p.add_argument("--translator", default=None, help="learned: run folder of `shiftkit translator train` (or its .safetensors)")
     p.add_argument("--beta", type=float, default=0.01, help="fda: low-frequency window, fraction of min(H, W) (default 0.01)")
     p.add_argument("--reference", choices=("image", "set"), default="image",
                    help="histogram/color-stats: match each paired target image, or the target set's statistics (default image)")
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device, task=args.task,
         max_targets=args.max_targets, figures=args.figures, gap=not args.no_gap, gap_max=args.gap_max,
         on_error=args.on_error, progress=not (args.no_progress or args.json), finalize=args.finalize, overwrite=args.overwrite,
+        translator=args.translator,
     )
     res = run_transfer(cfg)
     if args.json:

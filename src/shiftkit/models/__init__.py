@@ -26,7 +26,7 @@ from shiftkit.models.heads import Classifier
 __all__ = [
     "BACKBONES", "Backbone", "Classifier", "DomainDiscriminator", "EfficientNetLite0", "MobileNetV2",
     "Normalization", "PixelDiscriminator", "SmallCNN", "Stage", "build_model", "create_backbone",
-    "default_weights", "load_pretrained",
+    "default_weights", "load_pretrained", "register_arch",
 ]  # fmt: skip
 
 # backbone name -> its ImageNet weights in the registry
@@ -83,12 +83,7 @@ def build_model(spec: dict[str, Any] | str, weights: str | os.PathLike | None = 
         return model
     if arch in BACKBONES:
         return create_backbone(arch, weights=weights, **spec)
-    try:  # registers segmentation archs when the module exists
-        import shiftkit.models.segmentation  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "shiftkit.models.segmentation":
-            raise
-
+    _register_optional_archs()
     builder = _EXTRA_ARCHES.get(arch)
     if builder is None:
         known = sorted(set(BACKBONES) | {"classifier"} | set(_EXTRA_ARCHES))
@@ -100,8 +95,27 @@ def build_model(spec: dict[str, Any] | str, weights: str | os.PathLike | None = 
 _EXTRA_ARCHES: dict[str, Any] = {}
 
 
+# modules that define more architectures; each has `register()` calling `register_arch`
+_ARCH_MODULES = ("shiftkit.models.segmentation", "shiftkit.models.ccexam", "shiftkit.models.translator")
+
+
 def register_arch(name: str, builder: Any) -> None:
     _EXTRA_ARCHES[name] = builder
+
+
+def _register_optional_archs() -> None:
+    import importlib
+
+    for mod_name in _ARCH_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod_name:
+                raise
+            continue
+        register = getattr(mod, "register", None)
+        if callable(register):
+            register()
 
 
 def load_pretrained(model: nn.Module, name_or_path: str | os.PathLike, local_path: str | os.PathLike | None = None) -> dict[str, Any]:

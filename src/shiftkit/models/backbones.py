@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One resolution level: output stride w.r.t. the input and output channels."""
+class Stage(NamedTuple):
+    """One resolution level: output stride w.r.t. the input and output channels (a tuple, unpackable)."""
 
     stride: int
     channels: int

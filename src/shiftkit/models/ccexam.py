@@ -18,7 +18,6 @@ RGB averaged). Input conventions (from ccexam/constants.py and its transforms: r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,22 +30,10 @@ from shiftkit.models.backbones import Normalization
 from shiftkit.models.weights import WeightsError, check_keys, read_state_dict  # safe reading, strict keys
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model expects: square size, channels, per-channel mean/std applied to [0, 1] pixels."""
-
-    size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def to_dict(self) -> dict:
-        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
-
-
-SVHN_INPUT = InputSpec(32, 3, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
-MNIST_INPUT = InputSpec(28, 1, (0.1307,), (0.3081,))
-USPS_INPUT = InputSpec(16, 1, (0.2471,), (0.2994,))
+# channels and normalisation of each network (input_size here is the published size; instances may differ)
+SVHN_INPUT = Normalization((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 3, 32)
+MNIST_INPUT = Normalization((0.1307,), (0.3081,), 1, 28)
+USPS_INPUT = Normalization((0.2471,), (0.2994,), 1, 16)
 
 
 class _SplitClassifier(nn.Module):
@@ -54,7 +41,7 @@ class _SplitClassifier(nn.Module):
 
     arch: str = ""
     head_len: int = 1
-    base_input: InputSpec  # channels and normalisation; the size follows `input_size`
+    base_input: Normalization  # channels and normalisation; the size follows `input_size`
     input_size: int
 
     features: nn.Sequential
@@ -69,27 +56,23 @@ class _SplitClassifier(nn.Module):
     @property
     def normalization(self) -> Normalization:
         b = self.base_input
-        return Normalization(b.mean, b.std, b.channels, self.input_size)
+        return Normalization(b.mean, b.std, b.in_channels, self.input_size)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] (N, 1|3, s, s) -> normalised (x - mean) / std with this network's channels."""
+        name = type(self).__name__
         if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"{type(self).__name__} expects (N, 1|3, H, W) images, got {getattr(x, 'shape', type(x))}")
+            raise ShiftkitError(f"{name} expects (N, 1|3, H, W) images, got {getattr(x, 'shape', type(x))}")
         if not x.is_floating_point():
-            raise ValueError(f"{type(self).__name__} expects float images in [0, 1], got {x.dtype}; divide uint8 by 255")
+            raise ShiftkitError(f"{name} expects float images in [0, 1], got {x.dtype}", None, "divide uint8 images by 255")
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise ValueError(f"{type(self).__name__} expects {self.input_size}x{self.input_size} images, got {tuple(x.shape[-2:])}")
+            raise ShiftkitError(f"{name} expects {self.input_size}x{self.input_size} images, got {tuple(x.shape[-2:])}",
+                                None, f"resize to {self.input_size}x{self.input_size} (shiftkit.models.ccexam.to_unit)")
         if x.shape[1] == 1 and self.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] == 3 and self.in_channels == 1:
             x = x.mean(1, keepdim=True)
         return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        """Size, channels and mean/std this network expects (see `to_model_input`)."""
-        b = self.base_input
-        return InputSpec(self.input_size, b.channels, b.mean, b.std)
 
     @property
     def head(self) -> nn.Sequential:
@@ -326,7 +309,7 @@ def to_unit(images: torch.Tensor, size: int, channels: int | None = None) -> tor
 
 
 __all__ = [
-    "ARCHS", "PRETRAINED", "InputSpec", "MNISTNet", "SVHNNet", "USPSNet", "WeightsError", "build",
+    "ARCHS", "PRETRAINED", "MNISTNet", "SVHNNet", "USPSNet", "WeightsError", "build",
     "build_from_spec", "check_keys", "load_checkpoint", "load_model", "load_pretrained",
     "load_state_dict_file", "read_state_dict", "register", "to_unit",
     "MNIST_INPUT", "SVHN_INPUT", "USPS_INPUT",

@@ -21,7 +21,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -253,6 +253,8 @@ def extract_features(
 
     `data`: a dataset folder path, a `shiftkit.data` Dataset (or anything with paths(),
     __getitem__ and __len__), or an iterable of uint8 HxWxC arrays, Samples or (array, label).
+    An unreadable image raises its ImageError (naming the file); to skip bad files, pass
+    `ds.subset(good_indices)`. The backbone is put in eval mode and restored afterwards.
     """
     if not isinstance(backbone, Backbone):
         raise ShiftkitError(f"extract_features needs a shiftkit Backbone, got {type(backbone).__name__}")

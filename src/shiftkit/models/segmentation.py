@@ -228,11 +228,12 @@ def build_unet(weights: Any = None, **kwargs: Any) -> UNet:
         raise ShiftkitError(f"bad unet spec: {exc}") from None
 
 
-def _register() -> None:
+def register() -> None:
+    """Make `shiftkit.models.build_model` know "deeplabv2" and "unet" (checkpoints store these specs)."""
     from shiftkit.models import register_arch
 
     register_arch("deeplabv2", build_deeplabv2)
     register_arch("unet", build_unet)
 
 
-_register()
+register()

@@ -16,12 +16,11 @@ that methods with extra modules and several phases need no wrapping. Rank 0 writ
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 

@@ -18,7 +18,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from shiftkit.errors import DatasetError, ShiftkitError
 

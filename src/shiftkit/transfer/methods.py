@@ -338,18 +338,29 @@ class PCATransfer(TransferMethod):
         return {"source_mean": ms.tolist(), "source_cov": cs.tolist(), "target_mean": mt.tolist(), "target_cov": ct.tolist()}
 
 
+def _learned(translator=None, **kw) -> TransferMethod:
+    """`learned`: a trained unpaired translator (`shiftkit.transfer.learned`), imported on use
+    (it subclasses TransferMethod, so it cannot be imported at the top of this module)."""
+    from shiftkit.transfer.learned import LearnedTranslation
+
+    return LearnedTranslation(translator, **kw)
+
+
 METHODS: dict[str, type[TransferMethod]] = {
     "fda": FDA,
     "histogram": HistogramMatching,
     "color-stats": ColorStats,
     "pca": PCATransfer,
+    "learned": _learned,  # type: ignore[dict-item]  # a factory: needs the translator's path
 }
 
 
-def make_method(name: str, beta: float = 0.01, reference: str = "image") -> TransferMethod:
+def make_method(name: str, beta: float = 0.01, reference: str = "image", translator=None) -> TransferMethod:
     """Build a method by its CLI name with the options that apply to it."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    if name == "learned":
+        return _learned(translator)
     if name == "fda":
         return FDA(beta)
     if name in ("histogram", "color-stats"):

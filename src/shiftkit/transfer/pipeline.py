@@ -79,9 +79,14 @@ class TransferConfig:
     overwrite: bool = False
     rank: int | None = None
     world_size: int | None = None
+    translator: Path | None = None  # method "learned": run folder of `shiftkit translator train`
 
     def __post_init__(self):
         self.source, self.target, self.out = Path(self.source), Path(self.target), Path(self.out)
+        if self.translator is not None:
+            self.translator = Path(self.translator)
+        if self.method == "learned" and self.translator is None:
+            raise ShiftkitError("--method learned needs --translator", None, "train one with `shiftkit translator train --out T` and pass --translator T")
         if self.figures is not None:
             self.figures = Path(self.figures)
         if self.method not in METHODS:
@@ -276,7 +281,7 @@ def _prepare(cfg: TransferConfig) -> _Plan:
         if out == root or root in out.parents:
             raise ShiftkitError(f"--out is inside the {name} dataset", cfg.out, "write the result to a new folder outside both datasets")
     device = resolve_device(cfg.device)
-    method = make_method(cfg.method, beta=cfg.beta, reference=cfg.reference)
+    method = make_method(cfg.method, beta=cfg.beta, reference=cfg.reference, translator=cfg.translator)
     plan = _Plan(cfg, src, tgt, method, device, subset_indices(len(tgt), cfg.max_targets, cfg.seed))
     t0 = time.perf_counter()
     need_feats = method.pairs and cfg.pair == "nearest"
@@ -348,7 +353,7 @@ def _versions() -> dict:
 def _fingerprint(cfg: TransferConfig) -> str:
     """Hash of every setting that changes the pairs: a stale log of another configuration is never reused."""
     keys = (cfg.method, cfg.beta, cfg.reference, cfg.pair, cfg.pair_k, cfg.mix, cfg.suffix, cfg.seed, cfg.max_targets,
-            str(cfg.source.resolve()), str(cfg.target.resolve()))
+            str(cfg.source.resolve()), str(cfg.target.resolve()), str(cfg.translator.resolve()) if cfg.translator else None)
     return f"{stable_hash(0, repr(keys)):016x}"
 
 

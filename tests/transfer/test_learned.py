@@ -1,0 +1,115 @@
+"""Transfer method `learned` (a trained CUT translator) and `shiftkit translator score`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shiftkit.errors import ShiftkitError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    """A translator trained for 2 steps on tiny gray -> RGB sets (weights barely move; enough for the plumbing)."""
+    from shiftkit.data import DatasetWriter, Sample
+    from shiftkit.train.translator_loop import TranslatorConfig, train_translator
+
+    root = tmp_path_factory.mktemp("translator")
+    rng = np.random.default_rng(0)
+    with DatasetWriter(root / "A", format="folder") as w:
+        for i in range(3):
+            w.write(Sample(rng.integers(0, 255, (36, 36, 1), dtype=np.uint8), None, f"a{i}.png"))
+    with DatasetWriter(root / "B", format="folder") as w:
+        for i in range(3):
+            w.write(Sample(rng.integers(0, 100, (36, 36, 3), dtype=np.uint8), None, f"b{i}.png"))
+    train_translator(TranslatorConfig(str(root / "A"), str(root / "B"), str(root / "T"), size=32, steps=2, ngf=4, n_blocks=1,
+                                      ndf=4, num_patches=8, grid_every=0, progress=False, threads=1))
+    return root / "T"
+
+
+def test_method_keeps_shape_and_channels(translator):
+    from shiftkit.transfer.methods import make_method
+
+    m = make_method("learned", translator=translator)
+    assert m.name == "learned" and not m.pairs and m.info["channels"] == 3
+    for shape in [(2, 1, 20, 28), (1, 3, 50, 40)]:
+        y = m(torch.rand(shape))
+        assert y.shape == shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    u = m.apply_uint8(torch.randint(0, 256, (1, 1, 16, 16), dtype=torch.uint8))
+    assert u.dtype == torch.uint8 and u.shape == (1, 1, 16, 16)
+    p = m.params()
+    assert p["train_size"] == 32 and len(p["sha256"]) == 64
+
+
+def test_bad_translator_arguments(tmp_path, translator):
+    from shiftkit.transfer.learned import LearnedTranslation
+    from shiftkit.transfer.methods import make_method
+
+    with pytest.raises(ShiftkitError, match="--translator"):
+        make_method("learned")
+    with pytest.raises(ShiftkitError):
+        LearnedTranslation(tmp_path / "nothing")
+    with pytest.raises(ShiftkitError):
+        LearnedTranslation(tmp_path)  # a folder without checkpoints
+    with pytest.raises(ShiftkitError):
+        LearnedTranslation(translator, scale="huge")
+
+
+def test_pipeline_keeps_masks_and_sizes(tmp_path, make, translator):
+    from shiftkit.data import open_dataset
+    from shiftkit.transfer.pipeline import TransferConfig, run_transfer
+
+    src = make.segmentation(tmp_path / "S")
+    tgt = make.target(tmp_path / "B")
+    res = run_transfer(TransferConfig(src, tgt, tmp_path / "S2", method="learned", translator=translator, progress=False, gap=False))
+    assert res["written"] == 4
+    a, a2 = open_dataset(src), open_dataset(tmp_path / "S2")
+    assert a.paths() == a2.paths()
+    changed = 0
+    for i in range(len(a)):
+        s, s2 = a[i], a2[i]
+        assert s2.image.shape == s.image.shape
+        assert s2.target.tobytes() == s.target.tobytes()  # masks byte-identical
+        changed += int(not np.array_equal(s.image, s2.image))
+    assert changed == len(a)
+    prov = json.loads((tmp_path / "S2" / "shiftkit.json").read_text())
+    assert "learned" in json.dumps(prov)
+    with pytest.raises(ShiftkitError, match="--translator"):
+        TransferConfig(src, tgt, tmp_path / "S3", method="learned")
+
+
+def test_cli_transfer_learned_mix(tmp_path, make, translator, capsys):
+    from shiftkit.cli import main
+    from shiftkit.data import open_dataset
+
+    src = make.classification(tmp_path / "A", n=4)
+    tgt = make.target(tmp_path / "B")
+    rc = main(["transfer", "--source", str(src), "--target", str(tgt), "--method", "learned", "--translator", str(translator),
+               "--mix", "--out", str(tmp_path / "A2"), "--no-gap", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    out = open_dataset(tmp_path / "A2")
+    assert len(out) == 8 and sum("__learned" in p for p in out.paths()) == 4
+    assert sorted(out.labels()) == sorted(open_dataset(src).labels() * 2)
+
+
+def test_score_on_tiny_sets(tmp_path, make, translator):
+    from shiftkit.transfer.learned import score_translator
+
+    src = make.classification(tmp_path / "A", n=8, size=(32, 32))
+    tgt = make.target(tmp_path / "B", n=6)
+    r = score_translator(translator, src, tgt, max_images=8, feature_size=32, progress=False, gap=True)
+    fd = r["frechet"]
+    assert fd["a_vs_b"] > 0 and fd["a2_vs_b"] > 0 and "not Inception-FID" in fd["note"]
+    lp = r["label_preservation"]
+    assert 0 <= lp["accuracy_a"] <= 1 and 0 <= lp["accuracy_a2"] <= 1 and "ratio" in lp
+    assert -1 <= r["geometry"]["a_vs_a2"] <= 1
+    assert set(r["gap"]["before"]) == {"properties", "pixels"}
