@@ -75,6 +75,20 @@ def balanced_weights(ds_path: Path):
     return counts.sum() / (len(counts) * counts)
 
 
+def report(rows, a, complete: bool):
+    """Write the result JSON (also after every run, marked incomplete, so a killed run leaves its figures)."""
+    done = [r for r in rows if r.metrics]
+    verdict = {"complete": complete}
+    if done:
+        best = max(done, key=lambda r: C.median_block(r.metrics["accuracy"])["median"])
+        acc, rec = (C.median_block(best.metrics[k])["median"] for k in ("accuracy", "recall_defective"))
+        wall = C.median_block(best.wall_s)["median"]
+        verdict.update({"best_row": best.method, "accuracy_median": acc, "recall_defective_median": rec,
+                        "train_wall_s_median": wall, "goal_met": acc >= 0.95 and rec >= 0.90 and wall <= 900})
+    settings = {k: v for k, v in vars(a).items() if k != "seeds"}
+    return C.write_result(C.result(BENCH, a.seeds, done, ANCHORS, GOAL, settings, verdict), a.result)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -105,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in a.rows:
         row = C.Row(name, False, notes="validation half scores only; last epoch, no selection")
+        rows.append(row)
         for seed in a.seeds:
             common = dict(source=root / "train", backbone="mobilenet_v2", size=a.size, batch_size=a.batch_size,
                           label_smoothing=a.label_smoothing, class_weights="balanced", seed=seed, device=a.device,
@@ -127,15 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             row.extra.setdefault("eval_wall_s", []).append(round(te.wall, 1))
             print(f"{name} seed {seed}: accuracy {figs['accuracy']:.4f} recall_defective {figs['recall_defective']:.4f} "
                   f"train wall {wall:.0f}s cpu {cpu:.0f}s", file=sys.stderr, flush=True)
-        rows.append(row)
+            report(rows, a, complete=False)
     print(C.table(rows, ["accuracy", "recall_defective"]))
-    best = max(rows, key=lambda r: C.median_block(r.metrics["accuracy"])["median"])
-    acc, rec = (C.median_block(best.metrics[k])["median"] for k in ("accuracy", "recall_defective"))
-    wall = C.median_block(best.wall_s)["median"]
-    verdict = {"best_row": best.method, "accuracy_median": acc, "recall_defective_median": rec, "train_wall_s_median": wall,
-               "goal_met": acc >= 0.95 and rec >= 0.90 and wall <= 900}
-    settings = {k: v for k, v in vars(a).items() if k != "seeds"}
-    out = C.write_result(C.result(BENCH, a.seeds, rows, ANCHORS, GOAL, settings, verdict), a.result)
+    out = report(rows, a, complete=True)
     print(f"result: {out}")
     return 0
 

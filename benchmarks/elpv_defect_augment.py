@@ -25,6 +25,7 @@ end (`--model finetune`, much slower). Augmented images are written to disk by `
 
     python benchmarks/elpv_defect_augment.py --regimes small full --seeds 0 1 2
     python benchmarks/elpv_defect_augment.py --regimes small --seeds 0 --keep   # one quick look
+    python benchmarks/elpv_defect_augment.py --combine small.json full.json     # regimes run separately
 """
 
 from __future__ import annotations
@@ -197,6 +198,15 @@ def cross_predictions(train_dir: Path, work: Path, a: argparse.Namespace, seed: 
     return csv_path
 
 
+def analysis_bins(counts: dict[str, int], bins: str) -> int:
+    """Quantile buckets for `analyze`: given, or `auto` = about 12 minority images per bucket, 2 to 5
+    (with 36 defective cells, 5 buckets hold ~7 each and no Wilson interval can clear the overall
+    recall: the diagnosis would be blind by construction). Decided from training counts only."""
+    if bins != "auto":
+        return int(bins)
+    return max(2, min(5, min(n for n in counts.values() if n > 0) // 12))
+
+
 def plan_new_samples(plan_path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in (json.loads(plan_path.read_text()).get("new_samples") or {}).items()}
 
@@ -259,8 +269,9 @@ def run_seed(regime: str, seed: int, root: Path, work: Path, a: argparse.Namespa
     # guided first: its plan fixes N, the number of new images the other augmented arms get
     with C.Timer() as tg:
         oof = cross_predictions(train_dir, work / "diagnose", a, seed)
+        bins = analysis_bins(counts, a.bins)
         shiftkit_cli("analyze", "--predictions", str(oof), "--data", str(train_dir), "--out", str(work / "analysis"),
-                     "--symmetries", SYMMETRIES, "--device", "cpu")
+                     "--symmetries", SYMMETRIES, "--bins", str(bins), "--device", "cpu")
         plan_path = work / "analysis" / "plan.json"
         new = plan_new_samples(plan_path)
         shiftkit_cli("augment", "--data", str(train_dir), "--plan", str(plan_path), "--out", str(work / "data" / "guided"),
@@ -269,7 +280,7 @@ def run_seed(regime: str, seed: int, root: Path, work: Path, a: argparse.Namespa
     n_new = sum(new.values())
     guided_extra = {"new_samples": new, "plan_ops": [{k: o[k] for k in ("op", "low", "high", "classes") if k in o}
                                                     for o in plan["ops"]],
-                    "diagnosis": json.loads((work / "analysis" / "metrics.json").read_text())["recall"],
+                    "analysis_bins": bins, "diagnosis": json.loads((work / "analysis" / "metrics.json").read_text())["recall"],
                     "plan_reasoning": plan.get("reasoning", [])}
     if "baseline" in a.arms:
         arm("baseline", train_dir, 0.0, 0.0)
@@ -324,7 +335,54 @@ def verdict_for(regime: str, rows: dict[str, C.Row]) -> dict[str, Any]:
     return v
 
 
+def variant_tag(settings: dict) -> str:
+    """Suffix naming a run's recipe where it differs from the default (frozen, no class weights)."""
+    tags = []
+    if settings.get("class_weights", "none") != "none":
+        tags.append(f"class weights {settings['class_weights']}")
+    if settings.get("model", "frozen") != "frozen":
+        tags.append(settings["model"])
+    return f" ({', '.join(tags)})" if tags else ""
+
+
+def combine(parts: list[str], out: str | None) -> Path:
+    """One result from runs of separate regimes (e.g. run in parallel): rows, verdicts and per-seed
+    figures side by side, every command kept."""
+    docs = [json.loads(Path(p).read_text()) for p in parts]
+    for d in docs:  # runs of another recipe variant keep their own row names and verdict keys
+        tag = variant_tag(d["settings"])
+        if tag:
+            for r in d["rows"]:
+                r["method"] += tag
+            d["verdict"] = {k + tag: v for k, v in d["verdict"].items()}
+            for key in ("per_seed", "seeds_done"):
+                d["settings"][key] = {k + tag: v for k, v in d["settings"].get(key, {}).items()}
+    res = dict(docs[0])
+    res["command"] = " && ".join(d["command"] for d in docs)
+    res["rows"] = [r for d in docs for r in d["rows"]]
+    res["verdict"] = {k: v for d in docs for k, v in d["verdict"].items()}
+    res["seeds"] = sorted({s for d in docs for s in d["seeds"]})
+    settings = {"runs": [d["settings"] for d in docs]}
+    for key in ("per_seed", "seeds_done"):
+        settings[key] = {k: v for d in docs for k, v in d["settings"].get(key, {}).items()}
+        for d in settings["runs"]:
+            d.pop(key, None)
+    settings["complete"] = all(d["settings"].get("complete") for d in docs)
+    res["settings"] = settings
+    res["parts"] = [{"command": d["command"], "date": d["date"], "machine": d["machine"]} for d in docs]
+    return C.write_result(res, out)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--combine":  # merge result files of separate runs: --combine A.json B.json [--result OUT]
+        cp = argparse.ArgumentParser(prog="elpv_defect_augment.py --combine")
+        cp.add_argument("parts", nargs="+")
+        cp.add_argument("--result", default=None)
+        ca = cp.parse_args(argv[1:])
+        print(f"result: {combine(ca.parts, ca.result)}")
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES)
@@ -339,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--class-weights", default="none", choices=["none", "balanced"],
                     help="loss weights of the one recipe (default none: the imbalance is the plan's to fix, as in the article)")
     ap.add_argument("--small-frac", type=float, default=0.10, help="stratified fraction of the train half (small regime)")
+    ap.add_argument("--bins", default="auto", help="`analyze --bins`: a number, or auto (~12 minority images per bucket, 2-5)")
     ap.add_argument("--folds", type=int, default=2, help="folds of the out-of-fold diagnosis on the training set")
     ap.add_argument("--data", default=None, help="B1 folder (default runs/data/elpv-defect; built if missing)")
     ap.add_argument("--work", default="runs/bench/elpv-defect-augment", help="scratch (gitignored)")
@@ -347,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the augmented sets and fold folders")
     a = ap.parse_args(argv)
+    if a.bins != "auto" and not (a.bins.isdigit() and int(a.bins) >= 2):
+        ap.error("--bins must be auto or an integer >= 2")
     if a.folds < 2:
         ap.error("--folds must be >= 2")
     if not 0 < a.small_frac < 1:
@@ -356,12 +417,23 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     root = C.prepare_data("elpv-defect", a.data)
-    result_rows: list[C.Row] = []
-    verdicts: dict[str, Any] = {}
+    all_rows: dict[str, dict[str, C.Row]] = {}
     per_seed: dict[str, Any] = {}
-    tables = []
+    done_seeds: dict[str, list[int]] = {}
+    settings = {k: v for k, v in vars(a).items() if k not in ("seeds",)}
+    settings["budget_steps"] = a.epochs * a.iters
+    settings["recipe"] = ("ImageNet MobileNetV2 frozen, linear head (AdamW lr 1e-3, wd 1e-4, cosine) on cached features"
+                          if a.model == "frozen" else "ImageNet MobileNetV2 fine-tuned end to end (AdamW, head lr x10, ls 0.1)")
+
+    def flush(complete: bool) -> Path:
+        """Write the result so far (after every seed: a run cut short still leaves its figures)."""
+        rows = [r for regime in all_rows.values() for r in regime.values()]
+        verdicts = {regime: verdict_for(regime, rows_) for regime, rows_ in all_rows.items()}
+        settings.update(per_seed=per_seed, seeds_done=done_seeds, complete=complete)
+        return C.write_result(C.result(BENCH, a.seeds, rows, ANCHORS, GOAL, settings, verdicts), a.result)
+
     for regime in a.regimes:
-        rows = {name: C.Row(f"{regime}/{name}", False, notes=f"regime {regime}") for name in ARMS if name in a.arms}
+        rows = all_rows[regime] = {name: C.Row(f"{regime}/{name}", False, notes=f"regime {regime}") for name in ARMS if name in a.arms}
         for seed in a.seeds:
             res = run_seed(regime, seed, root, Path(a.work) / regime / f"seed{seed}", a)
             per_seed[f"{regime}/seed{seed}"] = {k: {kk: vv for kk, vv in v.items() if kk != "plan_reasoning"} for k, v in res.items()}
@@ -373,17 +445,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows[name].extra.setdefault("new_samples", []).append(r["new_samples"])
                 if name == "guided":
                     rows[name].extra.setdefault("plan_reasoning", []).append(r["plan_reasoning"])
-        verdicts[regime] = verdict_for(regime, rows)
-        result_rows += list(rows.values())
-        tables.append(C.table(list(rows.values()), ["accuracy", "recall_defective"]))
-        print(tables[-1], file=sys.stderr, flush=True)
-    settings = {k: v for k, v in vars(a).items() if k not in ("seeds",)}
-    settings["budget_steps"] = a.epochs * a.iters
-    settings["recipe"] = ("ImageNet MobileNetV2 frozen, linear head (AdamW lr 1e-3, wd 1e-4, cosine) on cached 160x160 features"
-                          if a.model == "frozen" else "ImageNet MobileNetV2 fine-tuned end to end (AdamW, head lr x10, ls 0.1)")
-    settings["per_seed"] = per_seed
-    res = C.result(BENCH, a.seeds, result_rows, ANCHORS, GOAL, settings, verdicts)
-    path = C.write_result(res, a.result)
+            done_seeds.setdefault(regime, []).append(seed)
+            flush(False)
+        print(C.table(list(rows.values()), ["accuracy", "recall_defective"]), file=sys.stderr, flush=True)
+    path = flush(True)
+    tables = [C.table(list(r.values()), ["accuracy", "recall_defective"]) for r in all_rows.values()]
+    verdicts = {regime: verdict_for(regime, rows_) for regime, rows_ in all_rows.items()}
     print("\n\n".join(tables))
     print(json.dumps(verdicts, indent=2))
     print(f"result: {path}")

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--size", type=int, default=128, help="translator training size (default 128, the CLI default)")
+    ap.add_argument("--load-size", type=int, default=0, help="translator load size (0 = 1.125 x size, the CLI default)")
     ap.add_argument("--steps", type=int, default=1500, help="translator steps (default 1500, the CLI default)")
     ap.add_argument("--fast", action="store_true", help="FastCUT instead of CUT")
     ap.add_argument("--batch-size", type=int, default=1)
@@ -138,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         # translator (one per seed, or seed 0's for all)
         tseed = 0 if a.one_translator else seed
         tdir = out / f"translator-s{tseed}"
-        cfg = TranslatorConfig(str(root / "source"), str(root / "target"), str(tdir), size=a.size, steps=a.steps,
+        cfg = TranslatorConfig(str(root / "source"), str(root / "target"), str(tdir), size=a.size, load_size=a.load_size, steps=a.steps,
                                batch_size=a.batch_size, preset="fastcut" if a.fast else "cut", seed=tseed, device=a.device,
                                threads=a.threads, progress=sys.stderr.isatty(), grid_every=max(100, a.steps // 4))
         with C.Timer() as tt:
             m = train_translator(cfg)
         print(f"seed {seed}: translator {m['steps']} steps at {m['size']} px, {m['train_s']:.0f} s ({m['s_per_step']:.2f} s/step)",
               file=sys.stderr, flush=True)
-        extra["translator"].append({"seed": tseed, "steps": m["steps"], "size": m["size"], "preset": m["preset"],
+        extra["translator"].append({"seed": tseed, "steps": m["steps"], "size": m["size"], "load_size": cfg.load_size or round(1.125 * a.size), "preset": m["preset"],
                                     "train_s": m["train_s"], "s_per_step": m["s_per_step"], "batch_size": m["batch_size"],
                                     "parameters": m["parameters"], "final_losses": m["final_losses"], "device": m["device"]})
         figs: dict[str, Path] = {}

@@ -74,16 +74,17 @@ def test_degrade_digits_hand_reference():
     # samples 0.4 j - 0.3, so j = 6..13 are fully white and j <= 3, j >= 16 black
     x2 = torch.zeros(1, 1, 28, 28)
     x2[0, :, 4:24, 4:14] = 1.0
-    y2 = degrade_digits(x2, threshold=(0.5, 0.5), thicken=0.0)[0, 0, 4:24]
+    y2 = degrade_digits(x2, threshold=(0.5, 0.5), thicken=0.0)[0, 0, 4:24, 4:24]
     assert torch.allclose(y2[:, 6:14], torch.ones(20, 8))
     assert y2[:, :4].abs().max() == 0 and y2[:, 16:].abs().max() == 0
+    assert torch.allclose(y2[:, 4], torch.full((20,), 77 / 255))  # 0.3 of the way: round(0.3 * 255) / 255
     # the same bar moved elsewhere gives the same result: the box is found per image
     x3 = torch.zeros(1, 1, 28, 28)
     x3[0, :, 2:22, 10:20] = 1.0
-    assert torch.allclose(degrade_digits(x3, threshold=(0.5, 0.5), thicken=0.0)[0, 0, 4:24], y2)
+    assert torch.allclose(degrade_digits(x3, threshold=(0.5, 0.5), thicken=0.0)[0, 0, 4:24, 4:24], y2)
     # thickening only adds ink
     torch.manual_seed(0)
-    assert (degrade_digits(x2, threshold=(0.5, 0.5), thicken=1.0)[0, 0, 4:24] >= y2 - 1e-6).all()
+    assert (degrade_digits(x2, threshold=(0.5, 0.5), thicken=1.0)[0, 0, 4:24, 4:24] >= y2 - 1e-6).all()
     with pytest.raises(ValueError):
         degrade_digits(x, thicken=2.0)
 

@@ -53,3 +53,35 @@ def test_engine_runs_segmentation_methods(tmp_path, folders, method, options):
         assert {"adv_main", "disc_main", "loss_phase0", "loss_phase1"} <= keys
     if method == "fda-st":
         assert "st" in keys and any(s.get("event") == "pseudo_labels" for s in steps)
+
+
+def test_ensemble_evaluation_of_two_checkpoints(tmp_path, folders):
+    from shiftkit.train.seg_eval import evaluate_segmentation
+
+    ckpts = []
+    for m in ("minent", "advent"):
+        r = fit(folders["source"], folders["target"], task="segmentation", method=m, out=tmp_path / m, **FAST)
+        ckpts.append(r["checkpoint"])
+    one = evaluate_segmentation(ckpts[:1], folders["target_test"], progress=False)
+    both = evaluate_segmentation(ckpts, folders["target_test"], out=tmp_path / "ens", progress=False)
+    assert both["ensemble"] and not one["ensemble"]
+    assert 0.0 <= both["miou"] <= 1.0 and both["pixels"] == one["pixels"]
+    assert (tmp_path / "ens" / "figures" / "predictions.png").is_file()
+    assert json.loads((tmp_path / "ens" / "metrics.json").read_text())["miou"] == pytest.approx(both["miou"])
+
+
+def test_bad_mask_refused_before_evaluation(tmp_path, folders):
+    import shutil
+
+    from shiftkit.errors import DatasetError
+    from shiftkit.train.seg_eval import evaluate_segmentation
+
+    r = fit(folders["source"], None, task="segmentation", method="source-only", out=tmp_path / "so", **FAST)
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["target_test"], bad)
+    m = np.array(Image.open(bad / "masks" / "003.png"))
+    m[2, 2] = 7
+    Image.fromarray(m).save(bad / "masks" / "003.png")
+    with pytest.raises(DatasetError, match="not classes") as exc:
+        evaluate_segmentation([r["checkpoint"]], bad, progress=False)
+    assert "003.png" in str(exc.value.path)

@@ -194,3 +194,16 @@ def test_ensemble_probs_is_the_mean():
     want = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
     assert torch.allclose(p, want, atol=1e-6)
     assert torch.allclose(p.sum(1), torch.ones(2, S, S), atol=1e-5)
+
+
+def test_class_weights_enter_the_supervised_loss():
+    from shiftkit.adapt.seg_losses import seg_cross_entropy
+
+    model, m, _, _ = _setup("source-only", class_weights=[0.5, 2.0, 1.0])
+    b = _batch()
+    loss = m.phases(model, b, StepInfo(0, 0, 4))[0].resolve()["seg"]
+    with torch.no_grad():
+        z = levels(model, b["source"]["x"])[0]
+    assert loss.item() == pytest.approx(seg_cross_entropy(z, b["source"]["y"], weight=torch.tensor([0.5, 2.0, 1.0])).item(), rel=1e-5)
+    with pytest.raises(ShiftkitError):
+        build_seg_method("minent", class_weights=[1.0, -1.0])

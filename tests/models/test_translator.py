@@ -138,3 +138,11 @@ def test_build_translator_round_trip():
     h.load_state_dict(g.state_dict())
     x = torch.rand(1, 1, 16, 16)
     assert torch.equal(g(x), h(x))
+
+
+def test_build_model_knows_the_translator():
+    from shiftkit.models import build_model
+
+    g = ResnetGenerator(1, 1, ngf=4, n_blocks=1)
+    h = build_model(g.spec)
+    assert isinstance(h, ResnetGenerator) and h.spec == g.spec

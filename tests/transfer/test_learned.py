@@ -113,3 +113,27 @@ def test_score_on_tiny_sets(tmp_path, make, translator):
     assert 0 <= lp["accuracy_a"] <= 1 and 0 <= lp["accuracy_a2"] <= 1 and "ratio" in lp
     assert -1 <= r["geometry"]["a_vs_a2"] <= 1
     assert set(r["gap"]["before"]) == {"properties", "pixels"}
+
+
+def test_score_segmentation_miou_with_a_source_model(tmp_path, make, translator):
+    """(b) for segmentation: mIoU of a model of A on A' against A's masks, next to its mIoU on A."""
+    from shiftkit.models import build_model
+    from shiftkit.train.checkpoint import save_weights
+    from shiftkit.transfer.learned import score_translator
+
+    src = make.segmentation(tmp_path / "S", n=6)
+    tgt = make.target(tmp_path / "B", n=6)
+    torch.manual_seed(0)
+    net = build_model({"arch": "unet", "in_channels": 3, "num_classes": 2, "base": 4, "depth": 1})
+    info = {"spec": net.spec, "classes": ["bg", "crack"], "input_size": [16, 16], "in_channels": 3, "task": "segmentation",
+            "ignore_index": 255}
+    save_weights(tmp_path / "seg.safetensors", net, info)
+    r = score_translator(translator, src, tgt, classifier=str(tmp_path / "seg.safetensors"), max_images=6, feature_size=32,
+                         progress=False, gap=False)
+    lp = r["label_preservation"]
+    assert 0 <= lp["miou_a"] <= 1 and 0 <= lp["miou_a2"] <= 1 and "ratio" in lp
+    with pytest.raises(ShiftkitError):  # a segmentation set with a non-segmentation checkpoint is refused
+        info2 = dict(info, task="classification")
+        save_weights(tmp_path / "cls.safetensors", net, info2)
+        score_translator(translator, src, tgt, classifier=str(tmp_path / "cls.safetensors"), max_images=6, feature_size=32,
+                         progress=False, gap=False)

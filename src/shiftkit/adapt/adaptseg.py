@@ -51,8 +51,10 @@ class OutputAdversarial(SegMethod):
 
     def __init__(self, lambda_adv_main: float = 0.001, lambda_adv_aux: float = 0.0002, gan: str = "bce",
                  multi_level: bool = True, lambda_seg_aux: float = 0.1, disc_ndf: int = 64, disc_layers: int | None = None,
-                 disc_lr: float = 1e-4, disc_betas: tuple[float, float] = (0.9, 0.99), size: int | None = None):
-        super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level)
+                 disc_lr: float = 1e-4, disc_betas: tuple[float, float] = (0.9, 0.99), size: int | None = None,
+                 ignore_index: int = 255, class_weights=None):
+        super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level, ignore_index=ignore_index,
+                         class_weights=class_weights)
         if gan not in ("bce", "ls"):
             raise ShiftkitError(f"gan must be 'bce' or 'ls', got {gan!r}", None, "use --method-option gan=bce or gan=ls")
         self.gan = gan

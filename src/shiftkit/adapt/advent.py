@@ -52,8 +52,9 @@ class MinEnt(SegMethod):
 
     def __init__(self, lambda_ent: float = 0.001, lambda_ent_aux: float = 0.0002, multi_level: bool = True,
                  lambda_seg_aux: float = 0.1, crp: bool = False, lambda_crp: float = 1.0, crp_mode: str = "hinge",
-                 crp_mu: float = 0.5):
-        super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level)
+                 crp_mu: float = 0.5, ignore_index: int = IGNORE_INDEX, class_weights=None):
+        super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level, ignore_index=ignore_index,
+                         class_weights=class_weights)
         self.lambda_ent = _check_weight("lambda_ent", lambda_ent)
         self.lambda_ent_aux = _check_weight("lambda_ent_aux", lambda_ent_aux)
         if crp_mode not in ("hinge", "kl"):

@@ -20,7 +20,6 @@ import sys
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shiftkit.adapt.base import Phase, StepInfo
@@ -77,8 +76,9 @@ class FDASelfTraining(SegMethod):
     def __init__(self, beta: float = 0.01, lambda_ent: float = 0.005, eta: float = 2.0, ent_start: float = 1 / 3,
                  self_training: bool = True, st_start: float = 0.5, lambda_st: float = 1.0, st_quantile: float = 0.5,
                  st_cap: float = 0.9, teachers: Sequence[Any] | None = None, multi_level: bool = True,
-                 lambda_seg_aux: float = 0.1):
-        super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level)
+                 lambda_seg_aux: float = 0.1, ignore_index: int = IGNORE_INDEX, class_weights=None):
+        super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level, ignore_index=ignore_index,
+                         class_weights=class_weights)
         if not 0.0 < float(beta) <= 0.5:
             raise ShiftkitError(f"beta must be in (0, 0.5], got {beta}", None, "FDA uses 0.01 to 0.09")
         for nm, v in (("ent_start", ent_start), ("st_start", st_start), ("st_quantile", st_quantile)):
@@ -165,7 +165,7 @@ class FDASelfTraining(SegMethod):
             yt = self.pseudo[idx.cpu()].to(xt.device).long()
             if yt.shape[-2:] != outs_t[0].shape[-2:]:
                 raise ShiftkitError(f"pseudo labels {tuple(yt.shape[-2:])} do not match predictions {tuple(outs_t[0].shape[-2:])}")
-            losses["st"] = self.lambda_st * seg_cross_entropy(outs_t[0], yt, IGNORE_INDEX)
+            losses["st"] = self.lambda_st * seg_cross_entropy(outs_t[0], yt, IGNORE_INDEX, self._weight(outs_t[0]))
             logs["st_kept"] = float((yt != IGNORE_INDEX).float().mean())
         return [Phase(losses, ("model",), logs)]
 

@@ -94,5 +94,5 @@ def build_method(name: str, label_smoothing: float = 0.0, class_weights=None, ig
             from shiftkit.adapt.self_training import SelfTrainingTerm
 
             terms.append(SelfTrainingTerm(float(options.get("st_weight", 1.0)), float(options.get("st_tau", 0.95)),
-                                          str(options.get("st_thresholds", "flexmatch")), float(options.get("st_floor", 0.5))))
+                                          str(options.get("st_thresholds", "flexmatch")), float(options.get("st_floor", 0.8))))
     return UDAMethod(terms, "+".join(parts), label_smoothing, class_weights, ignore_index=ii)

@@ -6,7 +6,9 @@ Models are `shiftkit.models.segmentation` models: `forward_multi(x)` gives [main
 the input size; the auxiliary level (AdaptSegNet's multi-level) is used when the model has one.
 
 Supervised part of every method (AdaptSegNet eq. 2, multi-level):
-    L_seg = CE(P_main, Y) + lambda_seg_aux * CE(P_aux, Y),   lambda_seg_aux = 0.1.
+    L_seg = CE(P_main, Y) + lambda_seg_aux * CE(P_aux, Y),   lambda_seg_aux = 0.1,
+optionally class-weighted (`class_weights`, e.g. 1/sqrt(class frequency) for masks that are mostly
+background: plain CE then collapses to "all background" on small models).
 """
 
 from __future__ import annotations
@@ -55,23 +57,40 @@ class SegMethod(Method):
     streams: tuple[str, ...] = ("source", "target")
     task = "segmentation"
 
-    def __init__(self, lambda_seg_aux: float = 0.1, multi_level: bool = True, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, lambda_seg_aux: float = 0.1, multi_level: bool = True, ignore_index: int = IGNORE_INDEX,
+                 class_weights: Any = None):
         self.lambda_seg_aux = _check_weight("lambda_seg_aux", lambda_seg_aux)
         self.multi_level = bool(multi_level)
         self.ignore_index = int(ignore_index)
         self.num_classes: int | None = None
+        self.class_weights = None
+        if class_weights is not None:
+            w = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+            if w.numel() < 2 or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+                raise ShiftkitError(f"class_weights must be >= 0, one per class, got {class_weights!r}")
+            self.class_weights = w
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor | None:
+        if self.class_weights is None:
+            return None
+        if self.class_weights.numel() != like.shape[1]:
+            raise ShiftkitError(f"{self.class_weights.numel()} class weights for {like.shape[1]} classes", None,
+                                "give one weight per class")
+        return self.class_weights.to(like.device)
 
     def setup(self, engine: Any) -> None:
         self.num_classes = int(getattr(engine, "num_classes", 0) or 0) or None
 
     def supervised(self, outs: list[torch.Tensor], y: torch.Tensor, prefix: str = "seg") -> dict[str, torch.Tensor]:
-        losses = {prefix: seg_cross_entropy(outs[0], y, self.ignore_index)}
+        w = self._weight(outs[0])
+        losses = {prefix: seg_cross_entropy(outs[0], y, self.ignore_index, w)}
         if len(outs) > 1 and self.lambda_seg_aux > 0:
-            losses[f"{prefix}_aux"] = self.lambda_seg_aux * seg_cross_entropy(outs[1], y, self.ignore_index)
+            losses[f"{prefix}_aux"] = self.lambda_seg_aux * seg_cross_entropy(outs[1], y, self.ignore_index, w)
         return losses
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "lambda_seg_aux": self.lambda_seg_aux, "multi_level": self.multi_level}
+        return {"name": self.name, "lambda_seg_aux": self.lambda_seg_aux, "multi_level": self.multi_level,
+                "class_weights": None if self.class_weights is None else [round(float(v), 5) for v in self.class_weights]}
 
 
 class SegSourceOnly(SegMethod):

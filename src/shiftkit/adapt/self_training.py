@@ -4,8 +4,9 @@ Per step: p_w = softmax(z(weak(x_t))) (no gradient), pseudo label y^ = argmax p_
 view is trained on y^ where max p_w >= T_{y^}:  L_st = w * (1/N) sum_i mask_i CE(z(strong(x_t))_i, y^_i).
 Thresholds (`thresholds=`):
 - "flexmatch": T_c = tau * M(beta_c), beta_c = learning effect of class c (see
-  losses.flexmatch_thresholds), floored at `floor` so early noisy labels are not all accepted
-  across a real domain gap (plain FlexMatch has floor 0);
+  losses.flexmatch_thresholds), floored at `floor` (default 0.8) so early noisy labels are not
+  all accepted across a real domain gap: FlexMatch's warm-up starts every threshold near 0, and on
+  a two-class toy shift that made pseudo labels collapse to one class (plain FlexMatch: floor 0);
 - "fixed": T_c = tau for every class (FixMatch).
 The per-sample record of confident predictions (FlexMatch's `selected_label`) is method state,
 checkpointed with the run.
@@ -24,7 +25,7 @@ class SelfTrainingTerm(Term):
     name = "self-training"
     needs_views = True
 
-    def __init__(self, weight: float = 1.0, tau: float = 0.95, thresholds: str = "flexmatch", floor: float = 0.5,
+    def __init__(self, weight: float = 1.0, tau: float = 0.95, thresholds: str = "flexmatch", floor: float = 0.8,
                  warmup: bool = True):
         if thresholds not in ("flexmatch", "fixed"):
             raise ValueError(f"thresholds must be 'flexmatch' or 'fixed', got {thresholds!r}")

@@ -36,6 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target", required=True, help="dataset B whose look to learn")
     t.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, metrics.json, checkpoints/, figures/)")
     t.add_argument("--size", type=int, default=128, help="training crop size in pixels, multiple of 4 (default 128)")
+    t.add_argument("--load-size", type=int, default=0,
+                   help="resize images so the shorter side is this before cropping --size (default 1.125 x size; "
+                        "larger = finer-scale patches, applied at that scale later)")
     t.add_argument("--steps", type=int, default=1500, help="optimisation steps; the lr decays linearly over the second half (default 1500)")
     t.add_argument("--batch-size", type=int, default=1, help="images per step from each set (CUT uses 1; default 1)")
     t.add_argument("--fast", action="store_true", help="FastCUT: lambda_NCE 10, no identity term, flip-equivariance")
@@ -87,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     from shiftkit.train.translator_loop import TranslatorConfig, train_translator
 
     cfg = TranslatorConfig(
-        source=args.source, target=args.target, out=args.out, size=args.size, steps=args.steps, batch_size=args.batch_size,
+        source=args.source, target=args.target, out=args.out, size=args.size, load_size=args.load_size, steps=args.steps, batch_size=args.batch_size,
         preset="fastcut" if args.fast else "cut", ngf=args.ngf, n_blocks=args.blocks, ndf=args.ndf, nce_layers=args.nce_layers,
         num_patches=args.patches, lambda_nce=args.lambda_nce, lr=args.lr, seed=args.seed, device=args.device,
         amp=not args.no_amp, ckpt_every=args.ckpt_every, grid_every=args.grid_every, max_images=args.max_images,

@@ -275,3 +275,15 @@ def translate(generator: ResnetGenerator, x: torch.Tensor, size: int | None = No
     if (h, w) != (H, W):
         y = F.interpolate(y, size=(H, W), mode="bilinear", align_corners=False, antialias=(h > H)).clamp(0, 1)
     return y
+
+
+def register() -> None:
+    """Make `shiftkit.models.build_model({"arch": "cut-resnet", ...})` rebuild the generator."""
+    from shiftkit.models import register_arch
+
+    def _build(weights=None, **spec):
+        if weights:
+            raise ShiftkitError("the translator has no pretrained weights", None, "load a translator checkpoint instead")
+        return build_translator({"arch": ARCH, **spec})
+
+    register_arch(ARCH, _build)

@@ -41,11 +41,11 @@ def check_masks(ds, progress: bool = True, what: str = "data") -> None:
     if root is None:
         return
     report = validate(root, task="segmentation", near_dup_bits=None, progress=progress)
-    bad = [p for p in report.problems if p.code in ("mask-ids", "mask-size", "mask-unreadable", "missing-mask")]
+    bad = [p for p in report.problems if p.code in ("mask-ids", "mask-size", "mask-unreadable", "mask-missing")]
     if bad:
         p = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise DatasetError(f"{what}: {p.what}{more}", p.where, p.fix)
+        raise DatasetError(f"{what}: {p.message}{more}", p.path, p.fix)
 
 
 class SegTensors(torch.utils.data.Dataset):

@@ -13,8 +13,10 @@ the step, so a run killed after any checkpoint and rerun gives the same weights 
 uninterrupted run (tested).
 
 Data: both sets are decoded once (through the data layer), resized so the shorter side is
-`load = round(1.125 * size)` and kept in memory as uint8 when that fits `cache_mb`; each step takes
-a random `size` x `size` crop with a random horizontal flip (CUT's resize-and-crop, 286 -> 256).
+`load_size` (default round(1.125 * size)) and kept in memory as uint8 when that fits `cache_mb`;
+each step takes a random `size` x `size` crop with a random horizontal flip (CUT's
+resize-and-crop, 286 -> 256). A larger `load_size` trains on patches at a finer scale (e.g. the
+native resolution), and the translator is later applied at that same scale (`load_size`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class TranslatorConfig:
     target: str
     out: str
     size: int = 128
-    steps: int = 4000
+    load_size: int = 0  # images are resized so their shorter side is this, then cropped to `size` (0 = round(1.125 * size))
+    steps: int = 1500
     batch_size: int = 1
     preset: str = "cut"  # cut | fastcut
     ngf: int = 16
@@ -80,6 +83,9 @@ class TranslatorConfig:
                 raise ShiftkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.size % 4 or self.size < 32:
             raise ShiftkitError(f"--size must be a multiple of 4 and at least 32, got {self.size}", None, "e.g. 64 or 128")
+        if self.load_size and self.load_size < self.size:
+            raise ShiftkitError(f"--load-size {self.load_size} is smaller than --size {self.size}", None,
+                                "use 0 (1.125 x size) or a value >= --size")
         for name in ("source", "target"):
             if not Path(getattr(self, name)).exists():
                 raise DatasetError(f"--{name}: folder not found", getattr(self, name), "check the path")
@@ -208,8 +214,12 @@ def _check_resume(root: Path, cfg: TranslatorConfig) -> None:
                             "use a new --out, or rerun with the same settings to resume")
 
 
+def load_size_of(cfg: TranslatorConfig) -> int:
+    return int(cfg.load_size) if cfg.load_size else int(round(cfg.size * 1.125))
+
+
 def model_info(model: CUT, cfg: TranslatorConfig, channels: int) -> dict[str, Any]:
-    return {"spec": model.G.spec, "task": "translation", "train_size": cfg.size, "channels": channels,
+    return {"spec": model.G.spec, "task": "translation", "train_size": cfg.size, "load_size": load_size_of(cfg), "channels": channels,
             "settings": model.settings.as_dict(), "discriminator": model.D.spec, "source": str(Path(cfg.source).resolve()),
             "target": str(Path(cfg.target).resolve())}
 
@@ -275,7 +285,7 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
     if len(src) == 0 or len(tgt) == 0:
         raise DatasetError("a dataset holds no images", cfg.source if len(src) == 0 else cfg.target, "point at folders with images")
     channels = 3 if 3 in (_channels_of(src), _channels_of(tgt)) else 1
-    load = int(round(cfg.size * 1.125))
+    load = load_size_of(cfg)
     ia, ib = _subset(len(src), cfg.max_images, cfg.seed, 1), _subset(len(tgt), cfg.max_images, cfg.seed, 2)
     fits = (len(ia) + len(ib)) * channels * load * load * 1.5 <= cfg.cache_mb * 2**20  # 1.5: non-square slack
     bank_a, bank_b = ImageBank(src, load, channels, ia, fits), ImageBank(tgt, load, channels, ib, fits)

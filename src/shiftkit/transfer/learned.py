@@ -2,8 +2,9 @@
 
 The translator is fully convolutional and keeps H x W, so labels, masks and boxes pass through
 untouched (the streaming pipeline copies targets as it does for every method). Each source batch
-is resized so its shorter side is the translator's training size (the scale it learned), translated,
-and resized back to the source size; `scale="native"` runs at the source resolution instead.
+is resized so its shorter side is the translator's `load_size` (the scale of the images it was
+trained on, before cropping), translated, and resized back to the source size; `scale="native"`
+runs at the source resolution instead.
 
 Geometry is measured by `edge_alignment`: the Pearson correlation of the Sobel edge magnitudes of
 A and A' per image (1 = the same edges), reported next to the same score between an image and
@@ -46,7 +47,7 @@ class LearnedTranslation(TransferMethod):
         g = self.generator
         if next(g.parameters()).device != src.device:
             g.to(src.device)
-        size = int(self.info["train_size"]) if self.scale == "train" else None
+        size = work_size(self.info) if self.scale == "train" else None
         with torch.no_grad():
             y = translate_batch(g, src, size, self.batch_size)
         # the transfer channel policy: the output keeps A's channel count (RGB -> luminance)
@@ -56,8 +57,13 @@ class LearnedTranslation(TransferMethod):
         from shiftkit.io import sha256_file
 
         return {"translator": self.info.get("file", self.path), "sha256": sha256_file(self.info["file"]),
-                "train_size": self.info.get("train_size"), "step": self.info.get("step"), "scale": self.scale,
+                "train_size": self.info.get("train_size"), "load_size": work_size(self.info), "step": self.info.get("step"), "scale": self.scale,
                 "spec": self.info.get("spec")}
+
+
+def work_size(info: dict) -> int:
+    """The shorter side at which the translator saw whole images in training."""
+    return int(info.get("load_size") or round(1.125 * int(info["train_size"])))
 
 
 def translate_batch(generator, x: torch.Tensor, size: int | None, batch_size: int = 16) -> torch.Tensor:
@@ -100,7 +106,7 @@ def _translate_samples(generator, info: dict, samples: list, batch_size: int, de
 
     from shiftkit.transfer import functional as TF
 
-    size = int(info["train_size"])
+    size = work_size(info)
     out = [None] * len(samples)
     groups: dict[tuple, list[int]] = {}
     for k, s in enumerate(samples):
@@ -194,12 +200,54 @@ def _classifier_scores(classifier: str | None, a: list, a2: list, labels: list[i
             "agreement": float((pa == pa2).mean())}
 
 
+def _segmentation_scores(model_path: str, a: list, a2: list, device: torch.device) -> dict[str, Any]:
+    """mIoU against A's masks of a segmentation model trained on A, predicting on A and on A'.
+
+    Images and masks are brought to the model's input size (bilinear / nearest); ratio = mIoU(A') / mIoU(A).
+    """
+    import numpy as np
+
+    from shiftkit.train import checkpoint as ckpt
+    from shiftkit.train.loaders import preprocess
+    from shiftkit.train.seg_metrics import seg_confusion, seg_metrics
+
+    model, info, _ = ckpt.load_model(model_path, device)
+    if info.get("task") != "segmentation":
+        raise ShiftkitError("A is a segmentation set but --classifier is not a segmentation checkpoint", model_path,
+                            "pass a checkpoint trained with `shiftkit train --task segmentation` on A")
+    classes = list(info["classes"])
+    k, ignore = len(classes), int(info.get("ignore_index") or 255)
+    h, w = (int(v) for v in info["input_size"])
+    ch = int(info.get("in_channels") or 3)
+
+    def miou(samples) -> float:
+        cm = torch.zeros(k, k, dtype=torch.long)
+        for j in range(0, len(samples), 16):
+            chunk = samples[j : j + 16]
+            x = torch.cat([preprocess([s.image], (h, w), ch) for s in chunk]).to(device)
+            m = torch.stack([torch.from_numpy(np.ascontiguousarray(s.target)).long() for s in chunk]) if all(
+                s.target is not None and s.target.shape == chunk[0].target.shape for s in chunk) else None
+            with torch.no_grad():
+                _, z = model.forward_features(x)
+            pred = z.argmax(1).cpu()
+            for i, s in enumerate(chunk):
+                t = torch.from_numpy(np.ascontiguousarray(s.target)).float()[None, None] if m is None else m[i].float()[None, None]
+                t = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")[0, 0].long()
+                cm += seg_confusion(pred[i], t, k, ignore)
+        return float(seg_metrics(cm, classes)["miou"])
+
+    ma, ma2 = miou(a), miou(a2)
+    return {"classifier": f"segmentation checkpoint {model_path}", "miou_a": ma, "miou_a2": ma2,
+            "ratio": ma2 / ma if ma > 0 else float("nan")}
+
+
 def score_translator(translator: str | Path, source: str | Path, target: str | Path, classifier: str | None = None,
                      max_images: int = 300, feature_size: int = 160, seed: int = 0, device: str = "auto",
                      batch_size: int = 16, gap: bool = True, progress: bool = True) -> dict[str, Any]:
     """Is A' any good? (a) Fréchet distance on MobileNetV2 features, A' vs B against A vs B (not
     Inception-FID); (b) label preservation: a classifier trained on A scores A' (accuracy ratio
-    A'/A), and geometry: edge alignment of A vs A'; (c) the gap score (domain classifier on image
+    A'/A; for segmentation with a model of A: mIoU on A' against A's masks / mIoU on A), and geometry:
+    edge alignment of A vs A'; (c) the gap score (domain classifier on image
     statistics, 0.5 = indistinguishable) of A vs B and A' vs B. On seeded subsets of `max_images`."""
     import time
 
@@ -238,8 +286,11 @@ def score_translator(translator: str | Path, source: str | Path, target: str | P
         "geometry": _edge_scores(a, a2, seed),
     }
     labels = dataset_labels(ds_a)
+    task = getattr(getattr(ds_a, "task", None), "value", None)
     if labels is not None:
         res["label_preservation"] = _classifier_scores(classifier, a, a2, [labels[i] for i in ia], fa, fa2, seed, dev)
+    elif task == "segmentation" and classifier:
+        res["label_preservation"] = _segmentation_scores(classifier, a, a2, dev)
     else:
         res["label_preservation"] = {"skipped": "A is not a classification set; see geometry (edge alignment)"}
     if gap:

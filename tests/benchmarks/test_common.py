@@ -1,0 +1,33 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import _common as C  # noqa: E402
+
+
+def test_row_medians_and_result_form(tmp_path):
+    r = C.Row("dann", False)
+    for acc, wall in ((0.5, 10.0), (0.7, 30.0), (0.6, 20.0)):
+        r.add({"accuracy": acc}, wall, wall / 2)
+    oracle = C.Row("oracle", True, notes="labeled target")
+    oracle.add({"accuracy": 0.9}, 5.0)
+    res = C.result("demo", [0, 1, 2], [r, oracle], {"paper": "0.8"}, {"metric": "accuracy", "at_least": 0.97})
+    d = res["rows"][0]
+    assert d["metrics"]["accuracy"] == {"median": 0.6, "values": [0.5, 0.7, 0.6], "spread": pytest.approx(0.2)}
+    assert d["wall_s"]["median"] == 20.0 and d["cpu_s"]["median"] == 10.0
+    assert res["rows"][1]["uses_target_labels"] is True
+    for key in ("benchmark", "command", "date", "machine", "versions", "seeds", "rows", "anchors", "goal"):
+        assert key in res
+    path = C.write_result(res, tmp_path / "demo.json")
+    assert json.loads(path.read_text())["seeds"] == [0, 1, 2]
+    text = C.table([r, oracle], ["accuracy"])
+    assert "0.6000 (0.500-0.700)" in text and "[target labels]" in text
+
+
+def test_timer_measures():
+    with C.Timer() as t:
+        sum(range(10000))
+    assert t.wall >= 0 and t.cpu >= 0
