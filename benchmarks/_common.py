@@ -201,3 +201,28 @@ def fit_once(run_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, Any],
     with Timer() as t:
         res = fit(out=str(run_dir), **kwargs)
     return res, t.wall, t.cpu
+
+
+def merge_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Join result files of one benchmark run as several processes (e.g. methods split across
+    two processes): rows are concatenated, commands listed, seeds unioned; the first file gives the
+    rest. Refuses files of different benchmarks."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({d["benchmark"] for d in docs}) != 1:
+        raise ValueError("merge_results: files of different benchmarks")
+    res = dict(docs[0])
+    res["command"] = " ; ".join(d["command"] for d in docs)
+    res["seeds"] = sorted({s for d in docs for s in d["seeds"]})
+    res["rows"] = [r for d in docs for r in d["rows"]]
+    res["settings"] = {"runs": [d.get("settings", {}) for d in docs]}
+    res["verdict"] = {"parts": [d.get("verdict", {}) for d in docs]}
+    res["date"] = max(d["date"] for d in docs)
+    return write_result(res, out)
+
+
+if __name__ == "__main__":  # python benchmarks/_common.py merge OUT IN1 IN2 ...
+    if len(sys.argv) >= 4 and sys.argv[1] == "merge":
+        print(merge_results(sys.argv[3:], sys.argv[2]))
+    else:
+        print("usage: python benchmarks/_common.py merge OUT.json IN1.json IN2.json ...", file=sys.stderr)
+        raise SystemExit(2)
