@@ -215,7 +215,18 @@ def merge_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Pat
     res["seeds"] = sorted({s for d in docs for s in d["seeds"]})
     res["rows"] = [r for d in docs for r in d["rows"]]
     res["settings"] = {"runs": [d.get("settings", {}) for d in docs]}
-    res["verdict"] = {"parts": [d.get("verdict", {}) for d in docs]}
+    goal = res.get("goal", {})
+    metric = goal.get("metric")
+    metric = metric[0] if isinstance(metric, list) else metric
+    fair = [r for r in res["rows"] if not r.get("uses_target_labels") and metric in r.get("metrics", {})]
+    verdict: dict[str, Any] = {"complete": all(d.get("verdict", {}).get("complete", True) for d in docs)}
+    if fair:
+        best = max(fair, key=lambda r: r["metrics"][metric]["median"])
+        at_least = goal.get("at_least")
+        at_least = at_least[0] if isinstance(at_least, list) else at_least
+        verdict.update({"best_method_without_target_labels": best["method"], f"{metric}_median": best["metrics"][metric]["median"],
+                        "goal_met_on_this_metric": at_least is not None and best["metrics"][metric]["median"] >= at_least})
+    res["verdict"] = verdict
     res["date"] = max(d["date"] for d in docs)
     return write_result(res, out)
 

@@ -55,21 +55,6 @@ def test_engine_runs_segmentation_methods(tmp_path, folders, method, options):
         assert "st" in keys and any(s.get("event") == "pseudo_labels" for s in steps)
 
 
-def test_ensemble_evaluation_of_two_checkpoints(tmp_path, folders):
-    from shiftkit.train.seg_eval import evaluate_segmentation
-
-    ckpts = []
-    for m in ("minent", "advent"):
-        r = fit(folders["source"], folders["target"], task="segmentation", method=m, out=tmp_path / m, **FAST)
-        ckpts.append(r["checkpoint"])
-    one = evaluate_segmentation(ckpts[:1], folders["target_test"], progress=False)
-    both = evaluate_segmentation(ckpts, folders["target_test"], out=tmp_path / "ens", progress=False)
-    assert both["ensemble"] and not one["ensemble"]
-    assert 0.0 <= both["miou"] <= 1.0 and both["pixels"] == one["pixels"]
-    assert (tmp_path / "ens" / "figures" / "predictions.png").is_file()
-    assert json.loads((tmp_path / "ens" / "metrics.json").read_text())["miou"] == pytest.approx(both["miou"])
-
-
 def test_bad_mask_refused_before_evaluation(tmp_path, folders):
     import shutil
 
@@ -85,3 +70,47 @@ def test_bad_mask_refused_before_evaluation(tmp_path, folders):
     with pytest.raises(DatasetError, match="not classes") as exc:
         evaluate_segmentation([r["checkpoint"]], bad, progress=False)
     assert "003.png" in str(exc.value.path)
+
+
+def test_engine_uses_the_methods_discriminator_optimiser(tmp_path, folders):
+    import torch
+
+    from shiftkit.train.engine import Engine, TrainConfig
+
+    cfg = TrainConfig(source=str(folders["source"]), target=str(folders["target"]), task="segmentation", method="advent",
+                      out=str(tmp_path / "e"), **FAST)
+    eng = Engine(cfg)
+    eng.setup()
+    d = eng.optimizers["disc_main"]
+    assert isinstance(d, torch.optim.Adam) and not isinstance(d, torch.optim.AdamW)
+    assert d.param_groups[0]["betas"] == (0.9, 0.99) and d.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_train_refuses_bad_masks_before_training(tmp_path, folders):
+    import shutil
+
+    from shiftkit.errors import DatasetError
+
+    src = tmp_path / "src"
+    shutil.copytree(folders["source"], src)
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(src / "masks" / "004.png")  # wrong size
+    with pytest.raises(DatasetError, match="mask is 12x12") as exc:
+        fit(src, folders["target"], task="segmentation", method="advent", out=tmp_path / "run", **FAST)
+    assert "004.png" in str(exc.value.path)
+    assert not (tmp_path / "run" / "checkpoints" / "last.safetensors").exists()
+
+
+def test_cli_evaluate_ensemble(tmp_path, folders, capsys):
+    from shiftkit.cli import main
+
+    ckpts = [fit(folders["source"], folders["target"], task="segmentation", method=m, out=tmp_path / m, **FAST)["checkpoint"]
+             for m in ("minent", "advent")]
+    code = main(["evaluate", "--model", ckpts[0], "--model", ckpts[1], "--data", str(folders["target_test"]),
+                 "--out", str(tmp_path / "ens"), "--no-progress", "--json"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ensemble"] and len(r["model"]) == 2 and 0.0 <= r["miou"] <= 1.0
+    assert (tmp_path / "ens" / "figures" / "predictions.png").is_file()
+    assert json.loads((tmp_path / "ens" / "metrics.json").read_text())["miou"] == pytest.approx(r["miou"])
+    one = main(["evaluate", "--model", ckpts[0], "--data", str(folders["target_test"]), "--no-progress"])
+    assert one == 0 and "mIoU" in capsys.readouterr().out

@@ -31,3 +31,20 @@ def test_timer_measures():
     with C.Timer() as t:
         sum(range(10000))
     assert t.wall >= 0 and t.cpu >= 0
+
+
+def test_merge_results(tmp_path):
+    a, b = C.Row("source-only", False), C.Row("oracle", True)
+    a.add({"accuracy": 0.7}, 1.0)
+    b.add({"accuracy": 0.99}, 1.0)
+    goal = {"metric": "accuracy", "at_least": 0.97}
+    p1 = C.write_result(C.result("demo", [0], [a], {}, goal), tmp_path / "1.json")
+    p2 = C.write_result(C.result("demo", [1], [b], {}, goal), tmp_path / "2.json")
+    out = json.loads(C.merge_results([p1, p2], tmp_path / "m.json").read_text())
+    assert [r["method"] for r in out["rows"]] == ["source-only", "oracle"] and out["seeds"] == [0, 1]
+    # the oracle uses target labels, so it never counts as the best method
+    assert out["verdict"]["best_method_without_target_labels"] == "source-only"
+    assert out["verdict"]["goal_met_on_this_metric"] is False
+    p3 = C.write_result(C.result("other", [0], [a], {}, goal), tmp_path / "3.json")
+    with pytest.raises(ValueError):
+        C.merge_results([p1, p3], tmp_path / "x.json")

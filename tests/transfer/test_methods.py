@@ -94,3 +94,16 @@ def test_fda_method_uint8_rounds_float_result():
     out = m.apply_uint8(src, targets=[tgt, tgt])
     ref = TF.to_levels(TF.fda(src.float() / 255, (tgt.float() / 255).unsqueeze(0), 0.1))
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("cls", [HistogramMatching, ColorStats])
+def test_batched_summaries_equal_single(cls):
+    m = cls("image")
+    tgt = torch.rand(3, 3, 7, 9, dtype=torch.float64)
+    batched = m.target_summaries(tgt)
+    for k in range(3):
+        one = m.target_summary(tgt[k : k + 1])
+        for c in (1, 3):
+            a, b = batched[k][c], one[c]
+            pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
+            assert all(torch.allclose(x, y) for x, y in pairs)

@@ -13,8 +13,12 @@ HELP = "evaluate a trained model on labeled data: accuracy, balanced accuracy, p
 def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = epilog(
         "shiftkit evaluate --model runs/dann/checkpoints/best.safetensors --data data/target_test --out runs/dann/eval",
+        "shiftkit evaluate --model runs/minent/checkpoints/best.safetensors --model runs/advent/checkpoints/best.safetensors "
+        "--data data/digit-scenes/target-test --out runs/ensemble",
     )
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors) written by `shiftkit train`")
+    p.add_argument("--model", required=True, action="append",
+                   help="checkpoint (.safetensors) written by `shiftkit train`; segmentation: repeat it to evaluate the "
+                        "ensemble (mean probabilities, e.g. ADVENT's MinEnt + AdvEnt)")
     p.add_argument("--data", required=True, help="labeled folder (one sub-folder per class)")
     p.add_argument("--out", default=None, help="folder for metrics.json, predictions.csv, figures/confusion.png")
     p.add_argument("--batch-size", type=int, default=64)
@@ -28,7 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from shiftkit.train import evaluate
 
-    r = evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size, device=args.device, workers=args.workers,
+    r = evaluate(args.model if len(args.model) > 1 else args.model[0], args.data, out=args.out, batch_size=args.batch_size, device=args.device, workers=args.workers,
                  on_bad=args.on_bad, progress=not args.no_progress)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if "miou" in r:
         print(f"{r['n']} images: mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f}")
         for c in r["classes"]:
-            print(f"  {c:20s} IoU {r[f'iou_{c}']:.3f}")
+            v = r.get(f"iou_{c}")
+            print(f"  {c:20s} IoU {'-' if v is None else f'{v:.3f}'}")
         if args.out:
             print(f"run folder: {r['out']}")
         return 0

@@ -412,6 +412,12 @@ class Engine:
                     raise DatasetError(f"{len(bad)} unreadable image(s) in {k.replace('_', '-')}: {listing}",
                                        getattr(self.datasets[k], "root", None),
                                        "delete or re-export them, or pass --on-bad skip")
+        if cfg.task == "segmentation":
+            from shiftkit.train.seg_data import check_masks
+
+            for k in keys:
+                if k != "target":  # masks with ids outside the classes or of the wrong size: refused up front
+                    check_masks(self.datasets[k], cfg.progress and self.rank == 0, k.replace("_", "-"))
         if cfg.freeze_backbone:
             for k in keys:
                 self.streams[k] = self._cached_features(k, labels[k])
@@ -452,11 +458,18 @@ class Engine:
             opt_groups[name] = [{"name": name, "params": [p for p in mod.parameters() if p.requires_grad],
                                  "lr": cfg.lr * cfg.head_lr_mult}]
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        own = getattr(self.method, "optimizer_options", lambda: {})() or {}  # method-set module optimisers
         for name, gs in opt_groups.items():
             gs = [g for g in gs if g["params"]]
             if not gs:
                 continue
-            if cfg.optimizer == "adamw":
+            if name in own and own[name].get("optimizer") == "adam":
+                o = own[name]
+                for g in gs:
+                    g["lr"] = float(o["lr"])
+                opt = torch.optim.Adam(gs, lr=float(o["lr"]), betas=tuple(o.get("betas", (0.9, 0.999))),
+                                       weight_decay=float(o.get("weight_decay", 0.0)))
+            elif cfg.optimizer == "adamw":
                 opt = torch.optim.AdamW(gs, lr=cfg.lr, weight_decay=cfg.weight_decay)
             else:
                 opt = torch.optim.SGD(gs, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,

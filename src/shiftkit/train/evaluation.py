@@ -92,6 +92,12 @@ def evaluate(model: str | Path, data: Any, out: str | Path | None = None, batch_
 
     With `out`: OUT/metrics.json, OUT/predictions.csv, OUT/figures/confusion.png.
     """
+    if isinstance(model, (list, tuple)):
+        if len(model) > 1:  # ADVENT's ensemble: mean softmax of several segmentation checkpoints
+            from shiftkit.train.seg_eval import evaluate_segmentation
+
+            return evaluate_segmentation(list(model), data, out, batch_size, device, workers, progress)
+        model = model[0]
     net, info, meta = ckpt.load_model(model, "cpu")
     classes = list(info["classes"])
     if info.get("task") == "segmentation":
@@ -150,6 +156,9 @@ def _evaluate_segmentation(net, info, model, data, out, batch_size, device, work
     k = len(classes)
     ignore = int(info.get("ignore_index") or 255)
     ds = open_any(data, task="segmentation", what="--data")
+    from shiftkit.train.seg_data import check_masks
+
+    check_masks(ds, progress, "--data")  # ids outside the classes or a size mismatch: refused, file named
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     h, w = info["input_size"]
     tds = ImageTensors(ds, (int(h), int(w)), int(info.get("in_channels") or 3), "skip", masks=True, ignore_index=ignore)

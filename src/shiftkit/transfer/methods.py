@@ -75,6 +75,10 @@ class TransferMethod:
         """Small statistics of one target image (1, C, h, w) float, for both channel counts {1: ..., 3: ...}."""
         raise NotImplementedError(f"{self.name} uses target images, not summaries")
 
+    def target_summaries(self, tgt: torch.Tensor) -> list[dict]:
+        """`target_summary` of every image of a same-size batch (B, C, h, w), batched where the method can."""
+        return [self.target_summary(tgt[k : k + 1]) for k in range(tgt.shape[0])]
+
     def apply_summaries(self, src: torch.Tensor, summaries: list[dict]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError(f"{self.name} uses target images, not summaries")
 
@@ -183,8 +187,12 @@ class HistogramMatching(TransferMethod):
     summarizes_targets = True
 
     def target_summary(self, tgt):
+        return self.target_summaries(tgt[:1])[0]
+
+    def target_summaries(self, tgt):
         TF.check_images(tgt, "target")
-        return {c: TF.histograms(TF.match_channels(tgt, c))[0].cpu() for c in (1, 3)}
+        h = {c: TF.histograms(TF.match_channels(tgt, c)).cpu() for c in (1, 3)}
+        return [{c: h[c][k] for c in (1, 3)} for k in range(tgt.shape[0])]
 
     def apply_summaries(self, src, summaries):
         return TF.histogram_match(src, self._stack_summaries(src, summaries))
@@ -261,12 +269,12 @@ class ColorStats(TransferMethod):
     summarizes_targets = True
 
     def target_summary(self, tgt):
+        return self.target_summaries(tgt[:1])[0]
+
+    def target_summaries(self, tgt):
         TF.check_images(tgt, "target")
-        out = {}
-        for c in (1, 3):
-            m, s = TF.lab_stats(TF.match_channels(tgt, c))
-            out[c] = (m[0].cpu(), s[0].cpu())
-        return out
+        stats = {c: tuple(v.cpu() for v in TF.lab_stats(TF.match_channels(tgt, c))) for c in (1, 3)}
+        return [{c: (stats[c][0][k], stats[c][1][k]) for c in (1, 3)} for k in range(tgt.shape[0])]
 
     def apply_summaries(self, src, summaries):
         if self.reference == "set":

@@ -297,8 +297,8 @@ def _prepare(cfg: TransferConfig) -> _Plan:
                 for i, f in zip(idx, style_features(x)):
                     feats[i] = f
             if need_summaries:
-                for k, i in enumerate(idx):
-                    summaries[i] = method.target_summary(x[k : k + 1])
+                for i, summ in zip(idx, method.target_summaries(x)):
+                    summaries[i] = summ
 
         _stream_stats(tgt, plan.candidates, on_target, cfg, "target statistics")
         if need_summaries:
