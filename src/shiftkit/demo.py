@@ -223,17 +223,12 @@ class Demo:
 
 
 def _batch(samples, dev):
-    import torch
-
-    arr = np.stack([s.image for s in samples])  # all cells are 300x300x1
-    return torch.from_numpy(arr).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
+    return images_to_tensor([s.image for s in samples], dev)  # all cells are 300x300x1
 
 
 def _u8(x) -> np.ndarray:
     """One (C, H, W) float image in [0, 1] -> uint8 HxWxC."""
-    import torch
-
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return tensor_to_images(x[None])[0]
 
 
 def _versions() -> dict:

@@ -16,6 +16,26 @@ from shiftkit.errors import ShiftkitError
 from shiftkit.models.backbones import Backbone
 
 
+
+def body_head_param_groups(backbone: nn.Module, head_params: list[nn.Parameter], lr: float, head_lr_mult: float = 10.0,
+                           weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """Optimizer groups shared by classifiers and segmenters: the pretrained body at `lr`, the new
+    layers at `lr * head_lr_mult`; frozen parameters are left out and an empty group is dropped."""
+    if lr <= 0 or head_lr_mult <= 0:
+        raise ShiftkitError(f"lr and head_lr_mult must be > 0, got {lr} and {head_lr_mult}")
+    head_ids = {id(p) for p in head_params}
+    body = [p for p in backbone.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in head_params if p.requires_grad]
+    groups = []
+    for name, params, group_lr in (("backbone", body, lr), ("head", head, lr * head_lr_mult)):
+        if params:
+            g: dict[str, Any] = {"name": name, "params": params, "lr": group_lr}
+            if weight_decay is not None:
+                g["weight_decay"] = weight_decay
+            groups.append(g)
+    return groups
+
+
 class Classifier(nn.Module):
     """backbone -> global average pool -> [Linear-BN-ReLU bottleneck] -> Dropout -> Linear -> logits."""
 
@@ -69,16 +89,4 @@ class Classifier(nn.Module):
         slowly, the new layers fast. Frozen parameters (requires_grad False) are left out;
         an empty backbone group is dropped.
         """
-        if lr <= 0 or head_lr_mult <= 0:
-            raise ShiftkitError(f"lr and head_lr_mult must be > 0, got {lr} and {head_lr_mult}")
-        head_ids = {id(p) for p in self.head_parameters()}
-        body = [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in head_ids]
-        head = [p for p in self.head_parameters() if p.requires_grad]
-        groups = []
-        for name, params, group_lr in (("backbone", body, lr), ("head", head, lr * head_lr_mult)):
-            if params:
-                g: dict[str, Any] = {"name": name, "params": params, "lr": group_lr}
-                if weight_decay is not None:
-                    g["weight_decay"] = weight_decay
-                groups.append(g)
-        return groups
+        return body_head_param_groups(self.backbone, self.head_parameters(), lr, head_lr_mult, weight_decay)

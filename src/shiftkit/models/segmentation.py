@@ -22,6 +22,7 @@ from torch import nn
 
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.backbones import Backbone, Normalization, Stage
+from shiftkit.models.heads import body_head_param_groups
 
 
 class ASPP(nn.Module):
@@ -93,18 +94,7 @@ class SegmentationModel(nn.Module):
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float | None = None) -> list[dict[str, Any]]:
         """Backbone at `lr`, heads/decoder at `lr * head_lr_mult` (DeepLab/AdaptSegNet practice); frozen params left out."""
-        if lr <= 0 or head_lr_mult <= 0:
-            raise ShiftkitError(f"lr and head_lr_mult must be > 0, got {lr} and {head_lr_mult}")
-        body = [p for p in self.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.head_parameters() if p.requires_grad]
-        groups = []
-        for name, params, group_lr in (("backbone", body, lr), ("head", head, lr * head_lr_mult)):
-            if params:
-                g: dict[str, Any] = {"name": name, "params": params, "lr": group_lr}
-                if weight_decay is not None:
-                    g["weight_decay"] = weight_decay
-                groups.append(g)
-        return groups
+        return body_head_param_groups(self.backbone, self.head_parameters(), lr, head_lr_mult, weight_decay)
 
 
 class DeepLabV2(SegmentationModel):
