@@ -29,6 +29,7 @@ import numpy as np
 
 from shiftkit import __version__
 from shiftkit.common_args import add_device, add_json, add_seed
+from shiftkit.data.tensors import images_to_tensor, tensor_to_images
 from shiftkit.errors import ShiftkitError
 from shiftkit.io import atomic_write_json
 
