@@ -345,12 +345,19 @@ def variant_tag(settings: dict) -> str:
     return f" ({', '.join(tags)})" if tags else ""
 
 
-def combine(parts: list[str], out: str | None) -> Path:
+def combine(parts: list[str], out: str | None, notes: list[str] | None = None) -> Path:
     """One result from runs of separate regimes (e.g. run in parallel): rows, verdicts and per-seed
-    figures side by side, every command kept."""
-    docs = [json.loads(Path(p).read_text()) for p in parts]
-    for d in docs:  # runs of another recipe variant keep their own row names and verdict keys
+    figures side by side, every command kept. A part given as `PATH::TAG` gets TAG in its names
+    (e.g. a run made with an earlier version of an op)."""
+    docs, extra = [], []
+    for p in parts:
+        path, _, tag = p.partition("::")
+        docs.append(json.loads(Path(path).read_text()))
+        extra.append(tag)
+    for d, more in zip(docs, extra):  # runs of another recipe variant keep their own row names and verdict keys
         tag = variant_tag(d["settings"])
+        if more:
+            tag = f"{tag[:-1]}, {more})" if tag else f" ({more})"
         if tag:
             for r in d["rows"]:
                 r["method"] += tag
@@ -369,7 +376,9 @@ def combine(parts: list[str], out: str | None) -> Path:
             d.pop(key, None)
     settings["complete"] = all(d["settings"].get("complete") for d in docs)
     res["settings"] = settings
-    res["parts"] = [{"command": d["command"], "date": d["date"], "machine": d["machine"]} for d in docs]
+    res["parts"] = [{"command": d["command"], "date": d["date"], "machine": d["machine"], "tag": t} for d, t in zip(docs, extra)]
+    if notes:
+        res["notes"] = notes
     return C.write_result(res, out)
 
 
@@ -380,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         cp = argparse.ArgumentParser(prog="elpv_defect_augment.py --combine")
         cp.add_argument("parts", nargs="+")
         cp.add_argument("--result", default=None)
+        cp.add_argument("--note", action="append", default=[], help="a line for the result's notes (repeatable)")
         ca = cp.parse_args(argv[1:])
-        print(f"result: {combine(ca.parts, ca.result)}")
+        print(f"result: {combine(ca.parts, ca.result, ca.note)}")
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -88,3 +88,14 @@ def test_combine_tags_variants_and_keeps_every_command(tmp_path):
     assert set(d["verdict"]) == {"small", "small (class weights balanced)"}
     assert set(d["settings"]["per_seed"]) == {"small/seed0", "small/seed0 (class weights balanced)"}
     assert d["command"].count(" && ") == 1 and d["settings"]["complete"] is True
+
+
+def test_combine_path_tag_and_notes(tmp_path):
+    row = C.Row("small/guided", False)
+    row.add({"accuracy": 0.8}, 1.0)
+    res = C.result(E.BENCH, [0], [row], E.ANCHORS, E.GOAL, {"class_weights": "balanced", "complete": False}, {"small": {}})
+    part = C.write_result(res, tmp_path / "a.json")
+    out = E.combine([f"{part}::op v1"], tmp_path / "all.json", ["why v1"])
+    d = json.loads(Path(out).read_text())
+    assert d["rows"][0]["method"] == "small/guided (class weights balanced, op v1)"
+    assert d["notes"] == ["why v1"] and d["settings"]["complete"] is False and d["parts"][0]["tag"] == "op v1"

@@ -127,15 +127,28 @@ def brightness(images: Tensor, factor: Tensor) -> Tensor:
 def brightness_to(images: Tensor, target: Tensor) -> Tensor:
     """Move each image's mean luminance to `target` (per sample), the op a sensitivity plan asks for.
 
-    Darkening scales: x' = x * t / m. Brightening mixes toward white so nothing saturates early:
-    x' = x + (1 - x) * (t - m) / (1 - m). Both keep the ordering of pixel values (the content).
+    An exposure change in logit space, x' = sigmoid(logit(x) + b), with b per sample found by
+    bisection so that mean luminance(x') = t. It is strictly increasing (keeps the content's order),
+    never saturates, and keeps local contrast where it lives (dx'/dx = x'(1-x') / (x(1-x))): real
+    bright ELPV cells are as contrasted as dark ones (std 0.09-0.12 from mean 0.35 to 0.8), whereas
+    mixing toward white, x + (1-x)a, divides contrast by up to 3 and washes defects out.
     """
     _check_images(images)
-    t = target.view(-1, 1, 1, 1).to(images).clamp(0, 1)
-    m = _luminance(images).mean((2, 3), keepdim=True).clamp(1e-4, 1 - 1e-4)
-    darker = images * (t / m)
-    brighter = images + (1 - images) * ((t - m) / (1 - m))
-    return torch.where(t <= m, darker, brighter).clamp(0, 1)
+    t = target.view(-1).to(images).clamp(1e-3, 1 - 1e-3)
+    eps = 1e-4
+    z = torch.logit(images.clamp(eps, 1 - eps))
+    w = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) if images.shape[1] == 3 else None
+
+    def mean_lum(b: Tensor) -> Tensor:
+        y = torch.sigmoid(z + b.view(-1, 1, 1, 1))
+        return ((y * w).sum(1) if w is not None else y.mean(1)).mean((1, 2))
+
+    lo, hi = torch.full_like(t, -20.0), torch.full_like(t, 20.0)
+    for _ in range(40):  # the mean is increasing in b: 40 halvings of [-20, 20] reach ~4e-11
+        mid = (lo + hi) / 2
+        up = mean_lum(mid) < t
+        lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    return torch.sigmoid(z + ((lo + hi) / 2).view(-1, 1, 1, 1))
 
 
 def contrast(images: Tensor, factor: Tensor) -> Tensor:

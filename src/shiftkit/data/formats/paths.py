@@ -15,8 +15,9 @@ from shiftkit.data.images import is_image_name
 from shiftkit.errors import UnsafePathError
 
 # Files kept at a dataset's root that are never data: shiftkit's provenance, and the usual
-# documentation files (benchmark builders write a README saying where the data came from).
-RESERVED_NAMES = ("shiftkit.json", "README", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
+# documentation files (benchmark builders write a README saying where the data came from), and
+# the pairing record `shiftkit transfer` writes (which target styled which source).
+RESERVED_NAMES = ("shiftkit.json", "pairs.csv", "README", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
 
 
 def normalize_relpath(rel: str, source: object = None) -> str:
