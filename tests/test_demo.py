@@ -25,6 +25,9 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     eff = metrics["transfer"]["effect"]["methods"]
     assert set(eff) == {"none", "fda", "histogram"} and all(0 <= v["mean_ks"] <= 1 for v in eff.values())
     assert metrics["drift"]["gap"]["properties"]["accuracy"] >= 0.0
+    adapt = metrics["adapt"]["methods"]
+    assert set(adapt) == {"source-only", "mcc"} and all(0.0 <= v["balanced_accuracy"] <= 1.0 for v in adapt.values())
+    assert (out / "adapt" / "mcc" / "checkpoints" / "best.safetensors").is_file()
 
 
 def test_demo_bad_args(capsys):
@@ -32,12 +35,3 @@ def test_demo_bad_args(capsys):
 
     assert main(["--limit", "3"]) == 2
     assert "--limit" in capsys.readouterr().err
-
-
-def test_require_names_missing_module():
-    from shiftkit.demo import StepMissing, require
-
-    with pytest.raises(StepMissing, match="not available"):
-        require("shiftkit.no_such_module")
-    with pytest.raises(StepMissing, match="has no"):
-        require("shiftkit.io", "no_such_function")
