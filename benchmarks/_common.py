@@ -165,17 +165,18 @@ def dump(obj: Any) -> str:
 
 def labeled_copy(bench_root: str | os.PathLike, benchmark: str, split: str = "target", seed: int = 0) -> Path:
     """An imagefolder copy of an unlabeled split with its labels (from the builder's plan), for the
-    oracle row only: ROOT/<split>-labeled/<class>/<file>. Files are copied, not re-encoded."""
+    oracle row only: <ROOT>-<split>-labeled/<class>/<file>, beside the benchmark folder (the
+    builder owns ROOT and refuses foreign files in it). Files are copied, not re-encoded."""
     import shutil
 
     from shiftkit.data.builders import plan as make_plan
 
     root = Path(bench_root)
-    out = root / f"{split}-labeled"
+    out = root.parent / f"{root.name}-{split}-labeled"
     if (out / ".complete").is_file():
         return out
     sp = next(s for s in make_plan(benchmark, seed).splits if s.name == split)
-    tmp = root / f"{split}-labeled.partial"
+    tmp = root.parent / f"{root.name}-{split}-labeled.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
     for it in sp.items:
