@@ -204,9 +204,32 @@ def fit_once(run_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, Any],
     return res, t.wall, t.cpu
 
 
-def merge_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+def _join_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the same method (and target-label use) become one: values concatenated, medians
+    recomputed (for one method's seeds run in separate processes with the same settings)."""
+    out: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["method"], r["uses_target_labels"], r.get("label", ""))
+        if key not in out:
+            out[key] = json.loads(json.dumps(r))
+            continue
+        o = out[key]
+        for name, block in r["metrics"].items():
+            vals = o["metrics"].get(name, {}).get("values", []) + block["values"]
+            o["metrics"][name] = median_block(vals)
+        for k in ("wall_s", "cpu_s"):
+            if k in r:
+                o[k] = median_block(o.get(k, {}).get("values", []) + r[k]["values"])
+        for k, v in r.items():
+            if isinstance(v, list) and isinstance(o.get(k), list):
+                o[k] = o[k] + v
+    return list(out.values())
+
+
+def merge_results(paths: list[str | os.PathLike], out: str | os.PathLike, join_rows: bool = False) -> Path:
     """Join result files of one benchmark run as several processes (e.g. methods split across
-    two processes): rows are concatenated, commands listed, seeds unioned; the first file gives the
+    two processes): rows are concatenated (join_rows: same-method rows become one, for seeds run
+    separately with the same settings), commands listed, seeds unioned; the first file gives the
     rest. Refuses files of different benchmarks."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
     if len({d["benchmark"] for d in docs}) != 1:
@@ -214,7 +237,7 @@ def merge_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Pat
     res = dict(docs[0])
     res["command"] = " ; ".join(d["command"] for d in docs)
     res["seeds"] = sorted({s for d in docs for s in d["seeds"]})
-    res["rows"] = [r for d in docs for r in d["rows"]]
+    res["rows"] = _join_rows([r for d in docs for r in d["rows"]]) if join_rows else [r for d in docs for r in d["rows"]]
     res["settings"] = {"runs": [d.get("settings", {}) for d in docs]}
     goal = res.get("goal", {})
     metric = goal.get("metric")
@@ -233,8 +256,8 @@ def merge_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Pat
 
 
 if __name__ == "__main__":  # python benchmarks/_common.py merge OUT IN1 IN2 ...
-    if len(sys.argv) >= 4 and sys.argv[1] == "merge":
-        print(merge_results(sys.argv[3:], sys.argv[2]))
+    if len(sys.argv) >= 4 and sys.argv[1] in ("merge", "merge-join"):
+        print(merge_results(sys.argv[3:], sys.argv[2], join_rows=sys.argv[1] == "merge-join"))
     else:
-        print("usage: python benchmarks/_common.py merge OUT.json IN1.json IN2.json ...", file=sys.stderr)
+        print("usage: python benchmarks/_common.py merge|merge-join OUT.json IN1.json IN2.json ...", file=sys.stderr)
         raise SystemExit(2)

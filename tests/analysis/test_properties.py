@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from shiftkit.analysis import properties as P
-from shiftkit.analysis._data import FolderImages
 from shiftkit.analysis.properties import PropertyTable, compute_properties
+from shiftkit.data import open_dataset
 from shiftkit.data.sample import Boxes, Sample
 from shiftkit.errors import ShiftkitError
 
@@ -217,28 +217,28 @@ def test_cache_reuse(tmp_path, monkeypatch):
     calls = []
     real = P._prepare
     monkeypatch.setattr(P, "_prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = compute_properties(FolderImages(root), progress=False, work_size=16)
+    first = compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16)
     assert len(calls) == 6 and first.meta["computed"] == 6
     calls.clear()
-    second = compute_properties(FolderImages(root), progress=False, work_size=16, features=True)
+    second = compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16, features=True)
     assert calls == [] and second.meta["cached"] == 6
     for k in P.PIXEL_PROPERTIES:
         assert np.array_equal(first[k], second[k], equal_nan=True)
     # same bytes, new mtime: found by content hash, not recomputed
     st = os.stat(root / "im0.png")
     os.utime(root / "im0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    compute_properties(FolderImages(root), progress=False, work_size=16)
+    compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16)
     assert calls == []
     # changed content: only that file is recomputed
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "im1.png")
-    third = compute_properties(FolderImages(root), progress=False, work_size=16)
+    third = compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16)
     assert len(calls) == 1 and third["brightness"][1] == 0
     # a different working size is a different cache
     calls.clear()
-    compute_properties(FolderImages(root), progress=False, work_size=12)
+    compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=12)
     assert len(calls) == 6
     calls.clear()
-    compute_properties(FolderImages(root), progress=False, work_size=16, cache=False)
+    compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16, cache=False)
     assert len(calls) == 6
 
 
@@ -246,8 +246,8 @@ def test_workers_match_in_process(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "ds"
     _write_folder(root, n=5)
-    a = compute_properties(FolderImages(root), progress=False, work_size=16, cache=False, batch_size=2)
-    b = compute_properties(FolderImages(root), progress=False, work_size=16, cache=False, batch_size=2, workers=1)
+    a = compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16, cache=False, batch_size=2)
+    b = compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16, cache=False, batch_size=2, workers=1)
     assert a.paths == b.paths
     for k in P.PROPERTIES:
         assert np.array_equal(a[k], b[k], equal_nan=True), k
@@ -259,9 +259,9 @@ def test_skip_bad_images(tmp_path, monkeypatch):
     _write_folder(root, n=3)
     (root / "zz_broken.png").write_bytes(b"not a png")
     with pytest.raises(ShiftkitError, match="zz_broken"):
-        compute_properties(FolderImages(root), progress=False, work_size=16)
+        compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16)
     errors = []
-    t = compute_properties(FolderImages(root), progress=False, work_size=16, on_error="skip", errors=errors)
+    t = compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16, on_error="skip", errors=errors)
     assert len(t) == 3 and len(errors) == 1 and "zz_broken" in errors[0]
 
 
@@ -298,7 +298,7 @@ def test_subsets_share_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "ds"
     _write_folder(root, n=4)
-    ds = FolderImages(root)
+    ds = open_dataset(root, task="unlabeled")
 
     class Subset:
         def __init__(self, idx):
@@ -332,5 +332,5 @@ def test_worker_errors_are_one_line(tmp_path, monkeypatch):
     _write_folder(root, n=2)
     (root / "zz_broken.png").write_bytes(b"")
     with pytest.raises(ShiftkitError) as info:
-        compute_properties(FolderImages(root), progress=False, work_size=16, workers=1)
+        compute_properties(open_dataset(root, task="unlabeled"), progress=False, work_size=16, workers=1)
     assert "zz_broken" in str(info.value) and "\n" not in str(info.value)

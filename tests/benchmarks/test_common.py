@@ -48,3 +48,17 @@ def test_merge_results(tmp_path):
     p3 = C.write_result(C.result("other", [0], [a], {}, goal), tmp_path / "3.json")
     with pytest.raises(ValueError):
         C.merge_results([p1, p3], tmp_path / "x.json")
+
+
+def test_merge_join_rows(tmp_path):
+    goal = {"metric": "accuracy", "at_least": 0.97}
+    paths = []
+    for seed, acc in ((0, 0.9), (1, 0.99), (2, 0.98)):
+        r = C.Row("im", False)
+        r.add({"accuracy": acc}, 10.0 + seed, 1.0)
+        paths.append(C.write_result(C.result("demo", [seed], [r], {}, goal), tmp_path / f"{seed}.json"))
+    out = json.loads(C.merge_results(paths, tmp_path / "m.json", join_rows=True).read_text())
+    assert len(out["rows"]) == 1
+    row = out["rows"][0]
+    assert row["metrics"]["accuracy"]["values"] == [0.9, 0.99, 0.98] and row["metrics"]["accuracy"]["median"] == 0.98
+    assert row["wall_s"]["median"] == 11.0 and out["verdict"]["goal_met_on_this_metric"] is True

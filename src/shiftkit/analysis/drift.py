@@ -236,11 +236,11 @@ def feature_gap(features_a: Any, features_b: Any, folds: int = 5, seed: int = 0,
 def _table(x: Any, name: str, **kw):
     import os
 
-    from shiftkit.analysis._data import open_for_analysis
+    from shiftkit.data import open_dataset
     from shiftkit.analysis.properties import PropertyTable, compute_properties
 
     if isinstance(x, (str, os.PathLike)):
-        x = open_for_analysis(x)
+        x = open_dataset(x)
     if isinstance(x, PropertyTable):
         if x.features is None:
             raise ShiftkitError(f"the {name} property table has no features", None, "compute it with features=True")

@@ -56,7 +56,7 @@ def _versions() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shiftkit.analysis._data import open_for_analysis
+    from shiftkit.data import open_dataset
     from shiftkit.analysis.drift import gap_score, property_drift
     from shiftkit.analysis.properties import compute_properties
     from shiftkit.device import resolve_device
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     t0 = time.time()
 
-    ds_a = open_for_analysis(args.source, args.task)
-    ds_b = open_for_analysis(args.target, args.task)
+    ds_a = open_dataset(args.source, task=args.task)
+    ds_b = open_dataset(args.target, task=args.task)
     kw = dict(batch_size=args.batch_size, cache=not args.no_cache, progress=progress, workers=args.workers,
               work_size=args.work_size, device=device, features=True)
     ta = compute_properties(ds_a, desc="properties (source)", **kw)

@@ -1,0 +1,1 @@
+"""Pictures people look at instead of reading: grids, charts, segmentation overlays."""
