@@ -112,7 +112,7 @@ def test_adversarial_phases_move_the_right_parameters(name, levels_):
         opts[g].step()
     assert all(_moved(d_before[k], d) for k, d in m.modules().items())
     assert not _moved(m_before, model)
-    assert 0.0 <= phases[1].logs[f"disc_acc_main"] <= 1.0
+    assert 0.0 <= phases[1].logs["disc_acc_main"] <= 1.0
 
 
 def test_adaptseg_ls_gan_hand_reference():

@@ -16,13 +16,6 @@ from shiftkit.errors import ShiftkitError
 from shiftkit.models.ccexam import build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_centroids_fix_a_wrong_prediction_on_a_2d_toy():
     # two clusters, around the x axis and the y axis; the third x-point is predicted wrongly

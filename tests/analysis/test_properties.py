@@ -1,7 +1,6 @@
 import colorsys
 import math
 import os
-import time
 
 import numpy as np
 import pytest

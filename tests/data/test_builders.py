@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shiftkit.data.builders import core, plan as plan_by_name
+from shiftkit.data.builders import plan as plan_by_name
 from shiftkit.data.builders.core import BenchmarkPlan, Item, SplitPlan, prepare
 from shiftkit.data.builders.digits import plan_mnist2digits
 from shiftkit.data.builders.sources import (
@@ -26,7 +26,7 @@ from shiftkit.data.builders.sources import (
 )
 from shiftkit.data.builders.splits import split_sizes, stratified_split
 from shiftkit.data.sample import Sample
-from shiftkit.errors import DatasetError, ResourceError, ShiftkitError
+from shiftkit.errors import DatasetError, ResourceError
 
 elpv = pytest.importorskip("elpv_dataset")
 

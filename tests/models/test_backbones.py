@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from shiftkit.errors import ShiftkitError
 from shiftkit.models import create_backbone

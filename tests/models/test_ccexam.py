@@ -20,13 +20,6 @@ MNIST_KEYS = ["features.0.weight", "features.0.bias", "features.3.weight", "feat
               "classifier.0.weight", "classifier.0.bias", "classifier.2.weight", "classifier.2.bias"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("arch,size,ch,dim", [("svhn_net", 32, 3, 256), ("mnist_net", 28, 1, 128), ("usps_net", 16, 1, 128)])
 def test_shapes_split_and_spec(arch, size, ch, dim):

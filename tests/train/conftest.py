@@ -36,16 +36,6 @@ def tiny(tmp_path):
     }
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    # 2 shared cores: one intra-op thread is much faster than two fighting other processes
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def fast():

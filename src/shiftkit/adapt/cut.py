@@ -13,7 +13,7 @@ Both: 256 patches per layer, temperature 0.07, MLP heads 256-d, LSGAN, Adam lr 2
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch

@@ -21,11 +21,10 @@ native resolution), and the translator is later applied at that same scale (`loa
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 

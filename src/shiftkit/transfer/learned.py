@@ -154,7 +154,6 @@ def _classifier_scores(classifier: str | None, a: list, a2: list, labels: list[i
     from shiftkit.train.metrics import classification_metrics
 
     y = np.asarray(labels)
-    classes = [str(c) for c in sorted(set(labels))]
     if classifier:
         from shiftkit.train import checkpoint as ckpt
         from shiftkit.train.loaders import preprocess

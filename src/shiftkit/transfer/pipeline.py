@@ -35,7 +35,6 @@ import torch
 
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.io import atomic_write_json, atomic_write_text
-from shiftkit.transfer import functional as TF
 from shiftkit.transfer.methods import METHODS, REFERENCES, TransferMethod, make_method
 from shiftkit.transfer.selection import PAIR_MODES, feature_scale, pair_nearest, stable_hash, style_features, subset_indices
 

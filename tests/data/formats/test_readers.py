@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from shiftkit.data import Boxes, Task, open_dataset
-from shiftkit.data.formats import detect_format
 from shiftkit.data.formats.readers import read_classes_json, read_classes_txt, read_yaml_names
 from shiftkit.errors import DatasetError, ImageError, UnsafePathError
 

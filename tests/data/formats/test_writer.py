@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from shiftkit.data import Boxes, DatasetWriter, Sample, open_dataset
 from shiftkit.data.formats.writer import JOURNAL, _coco_bbox
