@@ -29,3 +29,12 @@ def add_workers(p: argparse.ArgumentParser, default: int = 0) -> None:
 
 def epilog(*examples: str) -> str:
     return "examples:\n" + "\n".join(f"  {e}" for e in examples)
+
+
+def add_on_bad(p) -> None:
+    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
+                   help="unreadable images: skip them and report each by path (default), or refuse before starting")
+
+
+def add_no_progress(p) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_seed, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_workers, epilog
 
 HELP = "adapt a trained model to unlabeled target images without its source data (SHOT)"
 
@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="architecture of a plain state_dict (the ccexam networks)")
     d.add_argument("--target", required=True, help="unlabeled target images (a folder; class sub-folders are ignored)")
     d.add_argument("--target-test", default=None, help="labeled target folder, used only to score")
-    d.add_argument("--on-bad", choices=["skip", "fail"], default="skip", help="unreadable images: skip and report, or refuse")
+    add_on_bad(d)
     a = p.add_argument_group("method")
     a.add_argument("--method", default="shot", help="shot (classification); das3 (segmentation) is not available yet")
     a.add_argument("--beta", type=float, default=0.3, help="SHOT pseudo-label loss weight (paper: 0.3)")
@@ -41,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("output")
     s.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, metrics.json, checkpoints/)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(s)
     add_seed(s)
     add_device(s)
     add_workers(s)

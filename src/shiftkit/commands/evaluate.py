@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_workers, epilog
 
 HELP = "evaluate a trained model on labeled data: accuracy, balanced accuracy, per-class P/R/F1, confusion matrix"
 
@@ -22,8 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="labeled folder (one sub-folder per class)")
     p.add_argument("--out", default=None, help="folder for metrics.json, predictions.csv, figures/confusion.png")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip", help="unreadable images: skip (report) or refuse")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_on_bad(p)
+    add_no_progress(p)
     add_device(p)
     add_workers(p)
     add_json(p)

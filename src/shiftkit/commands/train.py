@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_seed, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_workers, epilog
 
 HELP = "train a classifier on a labeled source, optionally adapting to an unlabeled target (DANN, CDAN, MCC, ...)"
 
@@ -27,8 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     d.add_argument("--task", choices=["classification", "segmentation"], default="classification",
                    help="classification (class folders) or segmentation (images/ + masks/)")
     d.add_argument("--size", type=int, default=None, help="input size in pixels (default: the backbone's, 28 or 224)")
-    d.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
-                   help="unreadable images: skip and report them (default) or refuse before training")
+    add_on_bad(d)
     d.add_argument("--balanced-sampling", action="store_true", help="draw source classes equally often")
     d.add_argument("--class-weights", default=None, help="'balanced' or comma-separated weights, one per class")
     m = p.add_argument_group("model")
@@ -75,7 +74,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--ckpt-every", type=int, default=None, help="also checkpoint every N steps (epochs always)")
     s.add_argument("--log-every", type=int, default=20, help="log.jsonl line every N steps")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(s)
     add_seed(s)
     add_device(s)
     add_workers(s)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from shiftkit.common_args import add_device, add_json, add_seed, add_task, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_seed, add_task, add_workers, epilog
 
 HELP = "write A' = source images restyled like the target set (fda, histogram, color-stats, pca, learned); labels unchanged"
 
@@ -40,7 +40,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="unreadable source images: stop, or skip and report")
     p.add_argument("--overwrite", action="store_true", help="replace an existing finished --out")
     p.add_argument("--finalize", action="store_true", help="merge rank shards of a torchrun run without a process group, then report")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(p)
     add_task(p)
     add_seed(p)
     add_workers(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_seed, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_seed, epilog
 
 HELP = "learned unpaired translation A -> B (CUT / FastCUT): `translator train`, `translator score`"
 
@@ -54,7 +54,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     t.add_argument("--grid-every", type=int, default=500, help="sample grid every N steps, 0 = only at the end (default 500)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default; 1 is fastest on a busy machine)")
     t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(t)
     add_seed(t)
     add_device(t)
     add_json(t)
@@ -76,7 +76,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="images per translation batch (default 16)")
     s.add_argument("--no-gap", action="store_true", help="skip the gap score")
     s.add_argument("--out", default=None, help="also write the result JSON here")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(s)
     add_seed(s)
     add_device(s)
     add_json(s)
