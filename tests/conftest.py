@@ -13,3 +13,30 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _seg_folder(root, n, seed, shift=0.0):
+    """A tiny segmentation set: a bright 7x7 square (class 1) on noise, one ignored pixel (255)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nsquare\n")
+    for i in range(n):
+        img = rng.normal(0.3 + shift, 0.1, (16, 16))
+        mask = np.zeros((16, 16), np.uint8)
+        r, c = rng.integers(0, 9, 2)
+        img[r : r + 7, c : c + 7] += 0.5
+        mask[r : r + 7, c : c + 7] = 1
+        mask[0, 0] = 255
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def seg_folder():
+    """`seg_folder(root, n, seed, shift=0.0)` writes a tiny segmentation dataset and returns its root."""
+    return _seg_folder

@@ -9,28 +9,11 @@ from PIL import Image
 from shiftkit.train import fit
 
 
-def _seg_folder(root, n, seed, shift=0.0):
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "classes.txt").write_text("background\nsquare\n")
-    for i in range(n):
-        img = rng.normal(0.3 + shift, 0.1, (16, 16))
-        mask = np.zeros((16, 16), np.uint8)
-        r, c = rng.integers(0, 9, 2)
-        img[r : r + 7, c : c + 7] += 0.5
-        mask[r : r + 7, c : c + 7] = 1
-        mask[0, 0] = 255
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
-        Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, seg_folder):
     root = tmp_path_factory.mktemp("seg")
-    return {"source": _seg_folder(root / "src", 16, 0), "target": _seg_folder(root / "tgt", 8, 1, 0.15),
-            "target_test": _seg_folder(root / "tt", 8, 2, 0.15)}
+    return {"source": seg_folder(root / "src", 16, 0), "target": seg_folder(root / "tgt", 8, 1, 0.15),
+            "target_test": seg_folder(root / "tt", 8, 2, 0.15)}
 
 
 FAST = dict(backbone="small_cnn", size=16, batch_size=8, progress=False, log_every=1, epochs=2, iters_per_epoch=3, lr=3e-3)

@@ -148,11 +148,9 @@ def _add(a, b):
     return a + b
 
 
-class HistogramMatching(TransferMethod):
-    """Per-channel histogram matching, to the paired target image (`reference="image"`) or to the
-    target set's mean histogram (`reference="set"`). See `functional.histogram_match`."""
-
-    name = "histogram"
+class _ReferenceMethod(TransferMethod):
+    """A method styled either by each source's paired target image (`reference="image"`) or by
+    statistics pooled over the whole target set (`reference="set"`, gathered by `fit_target`)."""
 
     def __init__(self, reference: str = "image"):
         if reference not in REFERENCES:
@@ -160,6 +158,16 @@ class HistogramMatching(TransferMethod):
         self.reference = reference
         self.pairs = reference == "image"
         self.needs_target_stats = reference == "set"
+
+
+class HistogramMatching(_ReferenceMethod):
+    """Per-channel histogram matching, to the paired target image (`reference="image"`) or to the
+    target set's mean histogram (`reference="set"`). See `functional.histogram_match`."""
+
+    name = "histogram"
+
+    def __init__(self, reference: str = "image"):
+        super().__init__(reference)
         self._hist = _SetStats()
 
     def fit_target(self, batch):
@@ -225,18 +233,14 @@ class HistogramMatching(TransferMethod):
         return {"reference": self.reference}
 
 
-class ColorStats(TransferMethod):
+class ColorStats(_ReferenceMethod):
     """Reinhard colour transfer of per-channel mean/std in CIE Lab, to the paired target image or
     to the target set's pooled Lab mean/std. See `functional.color_stats`."""
 
     name = "color-stats"
 
     def __init__(self, reference: str = "image"):
-        if reference not in REFERENCES:
-            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-        self.reference = reference
-        self.pairs = reference == "image"
-        self.needs_target_stats = reference == "set"
+        super().__init__(reference)
         self._lab = _SetStats()
 
     def fit_target(self, batch):
