@@ -285,3 +285,20 @@ def test_fda_zero_amplitude_takes_target_amplitude():
     for m in ("fft", "dft"):
         out = TF.fda(src, tgt, 0.01, clamp=False, method=m)  # b = 0: the DC term only
         assert torch.allclose(out, torch.full_like(out, float(tgt.mean())), atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("c", [1, 3])
+def test_uint8_histogram_and_lut_kernels_agree_with_and_without_opencv(monkeypatch, channels_last, c):
+    pytest.importorskip("cv2")
+    g = torch.Generator().manual_seed(3)
+    hwc = torch.randint(0, 256, (4, 17, 23, c), dtype=torch.uint8, generator=g)
+    x = hwc.permute(0, 3, 1, 2) if channels_last else hwc.permute(0, 3, 1, 2).contiguous()
+    lut = torch.randint(0, 256, (4, c, 256), dtype=torch.uint8, generator=g)
+    expected_hist = torch.stack([torch.stack([torch.bincount(x[k, ch].reshape(-1), minlength=256) for ch in range(c)]) for k in range(4)])
+    expected_out = torch.stack([torch.stack([lut[k, ch][x[k, ch].long()] for ch in range(c)]) for k in range(4)])
+    for no_cv in ("1", "0"):
+        monkeypatch.setenv("SHIFTKIT_NO_OPENCV", no_cv)
+        assert torch.equal(TF.histograms_uint8(x), expected_hist)
+        out = TF.apply_lut_uint8(x, lut)
+        assert out.shape == x.shape and torch.equal(out, expected_out)

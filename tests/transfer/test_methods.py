@@ -107,3 +107,31 @@ def test_batched_summaries_equal_single(cls):
             a, b = batched[k][c], one[c]
             pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
             assert all(torch.allclose(x, y) for x, y in pairs)
+
+
+def test_fda_uint8_reuses_the_keyed_target_window():
+    src, tgt = _u8(2, 3, 32, 32, seed=13), _u8(3, 40, 48, seed=14)
+    m = FDA(0.05)
+    first = m.apply_uint8(src, targets=[tgt, tgt], target_keys=[7, 7])
+    ref = TF.to_levels(TF.fda(src.float() / 255, (tgt.float() / 255).unsqueeze(0), 0.05))
+    assert (first.int() - ref.int()).abs().max() <= 1  # same maths in the 0..255 scale, rounded once
+    # a known key is not recomputed: another image under key 7 still styles with the first window
+    other = _u8(3, 40, 48, seed=15)
+    again = m.apply_uint8(src, targets=[other, other], target_keys=[7, 7])
+    assert torch.equal(again, first)
+    fresh = m.apply_uint8(src, targets=[other, other], target_keys=[8, 8])
+    assert not torch.equal(fresh, first)
+    # a gray target for RGB sources, no keys: recomputed each call, same as the float path
+    gray = _u8(1, 32, 32, seed=16)
+    out = m.apply_uint8(src, targets=[gray, gray])
+    ref = TF.to_levels(TF.fda(src.float() / 255, (gray.float() / 255).unsqueeze(0), 0.05))
+    assert (out.int() - ref.int()).abs().max() <= 1
+
+
+def test_histogram_uint8_reuses_the_keyed_target_histogram():
+    src, tgt, other = _u8(2, 3, 9, 9, seed=17), _u8(3, 11, 7, seed=18), _u8(3, 11, 7, seed=19)
+    m = HistogramMatching("image")
+    first = m.apply_uint8(src, targets=[tgt, tgt], target_keys=["t", "t"])
+    assert torch.equal(first, TF.to_levels(TF.histogram_match(src.float() / 255, TF.histograms(tgt[None].float() / 255))))
+    assert torch.equal(m.apply_uint8(src, targets=[other, other], target_keys=["t", "t"]), first)
+    assert not torch.equal(m.apply_uint8(src, targets=[other, other], target_keys=["u", "u"]), first)

@@ -218,3 +218,14 @@ def test_hard_kill_and_rerun_is_identical(tmp_path, make):
     res = run_transfer(_cfg(a, b, tmp_path / "killed", **kw))
     assert res["skipped_done"] == 6 and res["written"] == 2
     assert _files(tmp_path / "full") == _files(tmp_path / "killed")
+
+
+@pytest.mark.parametrize("threads", ["0", "3"])
+def test_encoding_threads_give_the_serial_output(tmp_path, make, monkeypatch, threads):
+    a, b = make.classification(tmp_path / "A", n=9, c=3), make.target(tmp_path / "B", n=4)
+    monkeypatch.setenv("SHIFTKIT_ENCODE_THREADS", "0")
+    run_transfer(_cfg(a, b, tmp_path / "serial", method="fda", batch_size=2, seed=1, mix=True))
+    monkeypatch.setenv("SHIFTKIT_ENCODE_THREADS", threads)
+    res = run_transfer(_cfg(a, b, tmp_path / "threaded", method="fda", batch_size=2, seed=1, mix=True))
+    assert res["written"] == 9
+    assert _files(tmp_path / "serial") == _files(tmp_path / "threaded")

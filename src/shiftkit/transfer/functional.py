@@ -14,7 +14,9 @@ look (its colour is pulled to the target's, which has none) while staying a 3-ch
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import numpy as np
 import torch
@@ -94,7 +96,7 @@ def fda_window(height: int, width: int, beta: float, device=None) -> torch.Tenso
         raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
     if beta == 0:
         return torch.zeros(height, width // 2 + 1, dtype=torch.bool, device=device)
-    b = int(math.floor(min(height, width) * float(beta)))
+    b = fda_half_size(height, width, beta)
     ky = torch.fft.fftfreq(height, d=1.0 / height, device=device).round().abs()
     kx = torch.fft.rfftfreq(width, d=1.0 / width, device=device).round().abs()
     return (ky[:, None] <= b) & (kx[None, :] <= b)
@@ -125,7 +127,7 @@ def fda(src: torch.Tensor, tgt: torch.Tensor, beta: float = 0.01, clamp: bool = 
     mask = fda_window(h, w, beta, device=src.device)
     if not bool(mask.any()):
         return src.clamp(0, 1) if clamp else src
-    b = int(math.floor(min(h, w) * float(beta)))
+    b = fda_half_size(h, w, beta)
     if method == "dft" or (method == "auto" and b <= 8):
         out = _fda_dft(src, tgt, b)
     else:
@@ -139,55 +141,72 @@ def fda(src: torch.Tensor, tgt: torch.Tensor, beta: float = 0.01, clamp: bool = 
     return out.clamp(0, 1) if clamp else out
 
 
-def _dft_bases(n: int, freqs: torch.Tensor, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of 2 pi k x / n, shape (n, len(freqs)): the DFT restricted to `freqs`."""
-    x = torch.arange(n, dtype=torch.float64, device=device)
-    ang = 2 * math.pi * torch.outer(x, freqs.to(torch.float64)) / n
-    return ang.cos().to(dtype), ang.sin().to(dtype)
+@functools.lru_cache(maxsize=16)
+def _fda_bases(h: int, w: int, b: int, dtype: torch.dtype, device: torch.device):
+    """The DFT restricted to FDA's window (see `_fda_dft`), cached per image size: rows R = {|ky| <= b}
+    as cos/sin (H, R) matrices, columns C = {0..b} as [cos | sin] (W, 2C), and the rfft column weights."""
+    def bases(n: int, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.arange(n, dtype=torch.float64, device=device)
+        ang = 2 * math.pi * torch.outer(x, freqs.to(torch.float64)) / n
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    ky = torch.fft.fftfreq(h, d=1.0 / h, device=device).round()
+    kx = torch.fft.rfftfreq(w, d=1.0 / w, device=device).round()
+    rows, cols = ky[ky.abs() <= b], kx[kx <= b]
+    ac, as_ = bases(h, rows)
+    bc, bs = bases(w, cols)
+    weight = torch.where((cols == 0) | ((w % 2 == 0) & (cols == w // 2)), 1.0, 2.0).to(dtype)
+    return ac, as_, torch.cat([bc, bs], dim=1), weight
 
 
-def _fda_dft(src: torch.Tensor, tgt: torch.Tensor, b: int) -> torch.Tensor:
-    """FDA through the window's coefficients only (see `fda`); exact up to float rounding.
+def _fda_coefficients(x: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (B, C, R, C') of the window's DFT coefficients of x:
+    X = (Ac - i As) x (Bc - i Bs) = (Ac x Bc - As x Bs) - i (Ac x Bs + As x Bc)."""
+    ac, as_, bcs, _ = _fda_bases(x.shape[-2], x.shape[-1], b, x.dtype, x.device)
+    p = x @ bcs  # (B, C, H, 2C'): x Bc | x Bs
+    n = bcs.shape[1] // 2
+    pc, ps = p[..., :n], p[..., n:]
+    return ac.T @ pc - as_.T @ ps, -(ac.T @ ps + as_.T @ pc)
 
-    With X = A x B over the window rows R = {|ky| <= b} and rfft columns C = {0..b},
-    A = Ac - i As, B = Bc - i Bs, D = M (|T| / |X| - 1) X and c_kx = 1 for kx in {0, W/2}, else 2:
-        out = x + Re( A^H (c * D) B^H ) / (H W).
+
+def fda_window_amplitude(tgt: torch.Tensor, b: int) -> torch.Tensor:
+    """|T| over FDA's window of half-size b (see `fda_window`): (B, C, 2b+1, b+1) for a batch (B, C, H, W)."""
+    tr, ti = _fda_coefficients(tgt, b)
+    return torch.sqrt(tr * tr + ti * ti)
+
+
+def fda_with_amplitude(src: torch.Tensor, amp_t: torch.Tensor, b: int) -> torch.Tensor:
+    """FDA of `src` given the target's window amplitude (`fda_window_amplitude` of a target of the
+    same size): only the source's window coefficients are computed. Linear in the pixel scale, so
+    uint8-range floats work as well as [0, 1]. Not clamped.
+
+    With D = M (|T| / |X| - 1) X (and |T| with phase 0 where X = 0) and c_kx = 1 for kx in
+    {0, W/2}, else 2 (rfft symmetry):  out = x + Re( A^H (c * D) B^H ) / (H W).
     """
     h, w = src.shape[-2:]
-    dev, dt = src.device, src.dtype
-    ky = torch.fft.fftfreq(h, d=1.0 / h, device=dev).round()
-    rows = ky[ky.abs() <= b]
-    kx = torch.fft.rfftfreq(w, d=1.0 / w, device=dev).round()
-    cols = kx[kx <= b]
-    ac, as_ = _dft_bases(h, rows, dt, dev)  # (H, R)
-    bc, bs = _dft_bases(w, cols, dt, dev)  # (W, C)
-    bcs = torch.cat([bc, bs], dim=1)  # (W, 2C)
-
-    def window(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = x @ bcs  # (B, C, H, 2C): x Bc | x Bs
-        pc, ps = p[..., : cols.numel()], p[..., cols.numel():]
-        act, ast = ac.T, as_.T
-        # X = (Ac - i As) x (Bc - i Bs) = (Ac x Bc - As x Bs) - i (Ac x Bs + As x Bc)
-        real = act @ pc - ast @ ps
-        imag = -(act @ ps + ast @ pc)
-        return real, imag
-
-    xr, xi = window(src)
-    tr, ti = window(tgt)
+    ac, as_, bcs, weight = _fda_bases(h, w, b, src.dtype, src.device)
+    xr, xi = _fda_coefficients(src, b)
     amp_x = torch.sqrt(xr * xr + xi * xi)
-    amp_t = torch.sqrt(tr * tr + ti * ti)
     nz = amp_x > 0
     ratio = torch.where(nz, amp_t / torch.where(nz, amp_x, torch.ones_like(amp_x)), torch.zeros_like(amp_x))
     # new coefficient: ratio * X (or |T| with phase 0 where X = 0); D = new - X
-    dr = torch.where(nz, (ratio - 1) * xr, amp_t - xr)
-    di = torch.where(nz, (ratio - 1) * xi, -xi)
-    c = torch.where((cols == 0) | ((w % 2 == 0) & (cols == w // 2)), 1.0, 2.0).to(dt)
-    dr, di = dr * c, di * c
-    # M = A^H E = (Ac^T + i As^T)(Er + i Ei) -> (H, C); out_delta = Mr Bc^T - Mi Bs^T
+    dr = torch.where(nz, (ratio - 1) * xr, amp_t - xr) * weight
+    di = torch.where(nz, (ratio - 1) * xi, -xi) * weight
+    # M = A^H E = (Ac^T + i As^T)(Er + i Ei) -> (H, C'); out_delta = Mr Bc^T - Mi Bs^T
     mr = ac @ dr - as_ @ di
     mi = ac @ di + as_ @ dr
     delta = torch.cat([mr, -mi], dim=-1) @ bcs.T
     return src + delta / (h * w)
+
+
+def _fda_dft(src: torch.Tensor, tgt: torch.Tensor, b: int) -> torch.Tensor:
+    """FDA through the window's coefficients only (see `fda`); exact up to float rounding."""
+    return fda_with_amplitude(src, fda_window_amplitude(tgt, b), b)
+
+
+def fda_half_size(height: int, width: int, beta: float) -> int:
+    """Half-size b of FDA's window, floor(min(H, W) * beta); -1 for beta = 0 (the empty window)."""
+    return int(math.floor(min(height, width) * float(beta))) if beta > 0 else -1
 
 
 # --------------------------------------------------------------------------- histogram matching
@@ -212,21 +231,62 @@ def _rows_u8(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b * c, -1)  # copies only when x is a non-contiguous view
 
 
+def _opencv():
+    """OpenCV when installed (the `fast` extra) and not disabled by SHIFTKIT_NO_OPENCV=1, else None.
+
+    Only its uint8 histogram and lookup-table kernels are used: they read interleaved (H, W, C)
+    pixels in place, where numpy would first widen every pixel to int64."""
+    if os.environ.get("SHIFTKIT_NO_OPENCV", "") not in ("", "0"):
+        return None
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+_CV2_MAX_PIXELS = 1 << 24  # calcHist counts in float32: exact below 2**24 pixels per channel
+
+
+def histogram_uint8_into(img: torch.Tensor, out: np.ndarray) -> None:
+    """256-bin counts of each channel of one uint8 CPU image (C, H, W) into `out` (C, 256).
+
+    OpenCV's `calcHist` reads the image in its own memory layout (a channels-last view of a decoded
+    (H, W, C) array is not copied); without OpenCV, torch's `bincount` counts uint8 directly
+    (numpy's would widen every pixel to int64 first)."""
+    c, h, w = img.shape
+    cv2 = _opencv() if h * w < _CV2_MAX_PIXELS else None
+    if cv2 is not None:
+        hwc = img.permute(1, 2, 0)
+        if hwc.is_contiguous():
+            arr = hwc.numpy()
+            for ch in range(c):
+                out[ch] = cv2.calcHist([arr], [ch], None, [256], [0, 256]).ravel()
+            return
+        if img.is_contiguous():
+            arr = img.numpy()
+            for ch in range(c):
+                out[ch] = cv2.calcHist([arr[ch]], [0], None, [256], [0, 256]).ravel()
+            return
+    for ch in range(c):
+        out[ch] = torch.bincount(img[ch].reshape(-1), minlength=256).numpy()
+
+
 def histograms_uint8(x: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel 256-bin counts of a uint8 batch: (B, C, H, W) -> (B, C, 256) int64.
 
-    CUDA: one `bincount` over offset levels (level + 256 * row). CPU: numpy's bincount per row,
-    which reads uint8 directly (torch's CPU bincount needs an int64 copy of every pixel first).
+    CUDA: one `bincount` over offset levels (level + 256 * row). CPU: `histogram_uint8_into` per image.
     """
     check_uint8_images(x)
     b, c = x.shape[:2]
-    rows = _rows_u8(x)
-    if rows.device.type == "cpu":
-        r = rows.numpy()
-        out = np.stack([np.bincount(r[k], minlength=256) for k in range(r.shape[0])])
-        return torch.from_numpy(out.astype(np.int64, copy=False)).view(b, c, 256)
-    offs = torch.arange(b * c, device=x.device).view(-1, 1) * 256
-    return torch.bincount((rows.long() + offs).view(-1), minlength=b * c * 256).view(b, c, 256)
+    if x.device.type != "cpu":
+        rows = _rows_u8(x)
+        offs = torch.arange(b * c, device=x.device).view(-1, 1) * 256
+        return torch.bincount((rows.long() + offs).view(-1), minlength=b * c * 256).view(b, c, 256)
+    out = np.empty((b, c, 256), dtype=np.int64)
+    for k in range(b):
+        histogram_uint8_into(x[k], out[k])
+    return torch.from_numpy(out)
 
 
 def histograms(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -263,22 +323,39 @@ def matching_lut(src_hist: torch.Tensor, ref_hist: torch.Tensor) -> torch.Tensor
     ref_cdf = cdf_from_hist(ref_hist).expand(b, c, 256).reshape(b * c, 256).contiguous()
     src_cdf = cdf_from_hist(src_hist).reshape(b * c, 256)
     # tolerance against float noise in cumulative sums: a level matches once F_r >= F_s - eps
-    lut = torch.searchsorted(ref_cdf, (src_cdf - 1e-9).contiguous(), side="left").clamp_(0, 255)
-    return lut.to(torch.uint8).view(b, c, 256)
+    query = (src_cdf - 1e-9).contiguous()
+    if ref_cdf.device.type == "cpu":  # numpy's per-row search is about 2x torch's batched one on CPU
+        r, q = ref_cdf.numpy(), query.numpy()
+        lut = torch.from_numpy(np.stack([np.searchsorted(r[k], q[k], side="left") for k in range(r.shape[0])]))
+    else:
+        lut = torch.searchsorted(ref_cdf, query, side="left")
+    return lut.clamp_(0, 255).to(torch.uint8).view(b, c, 256)
 
 
 def apply_lut_uint8(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """out[b, c] = lut[b, c][x[b, c]] for a uint8 batch and (B, C, 256) uint8 tables."""
+    """out[b, c] = lut[b, c][x[b, c]] for a uint8 batch and (B, C, 256) uint8 tables.
+
+    On CPU with OpenCV, a channels-last batch (decoded (B, H, W, C) images, permuted) is looked up
+    in place and returned channels-last, with no transposing copy either way."""
     b, c = x.shape[:2]
-    rows = _rows_u8(x)
-    lut = lut.reshape(b * c, 256)
-    if rows.device.type == "cpu":
-        r, t = rows.numpy(), lut.contiguous().numpy()
-        out = np.empty_like(r)
-        for k in range(r.shape[0]):
-            np.take(t[k], r[k], out=out[k])
-        return torch.from_numpy(out).view(x.shape)
-    return torch.gather(lut.long(), 1, rows.long()).to(torch.uint8).view(x.shape)
+    if x.device.type != "cpu":
+        rows = _rows_u8(x)
+        return torch.gather(lut.reshape(b * c, 256).long(), 1, rows.long()).to(torch.uint8).view(x.shape)
+    cv2 = _opencv()
+    if cv2 is not None and c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        tables = lut.reshape(b, c, 256).permute(0, 2, 1).contiguous().numpy()  # (B, 256, C): cv2's layout
+        src, out = x.permute(0, 2, 3, 1).numpy(), np.empty((b, *x.shape[2:], c), dtype=np.uint8)
+        for k in range(b):
+            cv2.LUT(src[k], tables[k].reshape(1, 256, c), dst=out[k])
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+    r, t = _rows_u8(x).numpy(), lut.reshape(b * c, 256).contiguous().numpy()
+    res = np.empty_like(r)
+    for k in range(r.shape[0]):
+        if cv2 is not None:
+            cv2.LUT(r[k], t[k], dst=res[k])
+        else:
+            np.take(t[k], r[k], out=res[k])
+    return torch.from_numpy(res).view(x.shape)
 
 
 def histogram_match_uint8(src: torch.Tensor, ref_hist: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,10 @@ policy in `functional`).
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from shiftkit.transfer import functional as TF
@@ -82,9 +84,12 @@ class TransferMethod:
     def apply_summaries(self, src: torch.Tensor, summaries: list[dict]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError(f"{self.name} uses target images, not summaries")
 
-    def apply_uint8(self, src: torch.Tensor, targets: list[torch.Tensor] | None = None, summaries: list[dict] | None = None) -> torch.Tensor:
+    def apply_uint8(self, src: torch.Tensor, targets: list[torch.Tensor] | None = None, summaries: list[dict] | None = None,
+                    target_keys: list | None = None) -> torch.Tensor:
         """The streaming pipeline's entry: uint8 (B, C, H, W) in, uint8 out (rounded), with either
-        paired target images (uint8 (C, h, w) tensors) or their `target_summary`s."""
+        paired target images (uint8 (C, h, w) tensors) or their `target_summary`s. `target_keys`
+        (one hashable id per target, e.g. its index in the target set) lets a method reuse work
+        done on a target it has seen before."""
         TF.check_uint8_images(src, "source")
         x = src.float().div_(255.0)
         if summaries is not None:
@@ -93,6 +98,21 @@ class TransferMethod:
             ts = None if targets is None else [t.float().div(255.0) if t.dtype == torch.uint8 else t for t in targets]
             y = self.apply_pairs(x, ts)
         return TF.to_levels(y)
+
+    _CACHE_SIZE = 4096  # keyed per-target results kept (LRU)
+
+    def _per_target(self, key, compute: Callable[[], Any]) -> Any:
+        """`compute()` for one paired target, memoised under `key` when the caller gave one."""
+        if key is None:
+            return compute()
+        cache = self.__dict__.setdefault("_target_cache", OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = compute()
+        if len(cache) > self._CACHE_SIZE:
+            cache.popitem(last=False)
+        return value
 
     def fit_target(self, batch: torch.Tensor) -> None:
         """Accumulate target-set statistics from one batch (no-op for purely paired methods)."""
@@ -123,6 +143,30 @@ class FDA(TransferMethod):
 
     def params(self):
         return {"beta": self.beta}
+
+    def apply_uint8(self, src, targets=None, summaries=None, target_keys=None):
+        """uint8 in and out with the window computed in the pixels' own scale (FDA is linear in it),
+        so no [0, 1] copies; each keyed target's window amplitude is computed once per source size."""
+        TF.check_uint8_images(src, "source")
+        (h, w), c = src.shape[-2:], src.shape[1]
+        b = TF.fda_half_size(h, w, self.beta)
+        if b < 0:
+            return src.clone()
+        if b > 8:  # large windows: full FFTs are cheaper
+            return super().apply_uint8(src, targets)
+        if targets is None or len(targets) != src.shape[0]:
+            raise ValueError(f"fda styles each source image with a target image: got {0 if targets is None else len(targets)} for {src.shape[0]}")
+        keys = list(target_keys) if target_keys is not None else [None] * len(targets)
+
+        def amplitude(t: torch.Tensor) -> torch.Tensor:
+            t = t.reshape(1, *t.shape[-3:]).to(src.device)
+            t = TF.match_channels(t.float() * (1.0 if t.dtype == torch.uint8 else 255.0), c)
+            return TF.fda_window_amplitude(TF.resize_to(t, (h, w)), b)
+
+        amps = [self._per_target(None if key is None else ("fda", key, h, w, c, src.device), lambda t=t: amplitude(t))
+                for t, key in zip(targets, keys)]
+        y = TF.fda_with_amplitude(src.float(), torch.cat(amps), b)
+        return y.clamp_(0, 255).round_().to(torch.uint8)
 
 
 class _SetStats:
@@ -210,7 +254,7 @@ class HistogramMatching(_ReferenceMethod):
             raise ValueError(f"got {len(summaries)} target summaries for {src.shape[0]} source images")
         return torch.stack([s[src.shape[1]] for s in summaries]).to(src.device)
 
-    def apply_uint8(self, src, targets=None, summaries=None):
+    def apply_uint8(self, src, targets=None, summaries=None, target_keys=None):
         """Stays in uint8 end to end (no float copy of the pixels): histogram matching only needs levels."""
         TF.check_uint8_images(src, "source")
         if self.reference == "set":
@@ -218,16 +262,27 @@ class HistogramMatching(_ReferenceMethod):
         if summaries is None:
             if targets is None or len(targets) != src.shape[0]:
                 raise ValueError("histogram matching to images needs one target (or summary) per source image")
-            return TF.histogram_match_uint8(src, torch.stack([self._hist_u8(t, src.shape[1]) for t in targets]).to(src.device))
+            return TF.histogram_match_uint8(src, self._target_hists(targets, src.shape[1], target_keys).to(src.device))
         return TF.histogram_match_uint8(src, self._stack_summaries(src, summaries))
 
-    def _hist_u8(self, t: torch.Tensor, channels: int) -> torch.Tensor:
-        """Histogram of one target (C, h, w) in the source's channel count, straight from uint8 when it can be."""
-        t = t.reshape(1, *t.shape[-3:])
-        if t.dtype == torch.uint8 and (t.shape[1] == channels or channels == 3):
-            h = TF.histograms_uint8(t)[0].to(torch.float64)  # gray -> RGB replicates: same histogram per channel
-            return h.expand(channels, 256) / (t.shape[-1] * t.shape[-2])
-        return self.target_summary(t.float() / 255.0 if t.dtype == torch.uint8 else t)[channels]
+    def _target_hists(self, targets: list[torch.Tensor], channels: int, keys: list | None = None) -> torch.Tensor:
+        """Histograms (N, channels, 256) of paired targets (C, h, w), straight from uint8 where the
+        channels allow (gray -> RGB replicates, so one gray histogram serves all three channels);
+        a keyed target's histogram is computed once."""
+        def one(t: torch.Tensor) -> np.ndarray:
+            t = t.reshape(t.shape[-3:])
+            if t.dtype == torch.uint8 and t.shape[0] in (channels, 1):
+                h = np.empty((channels, 256), dtype=np.float64)
+                TF.histogram_uint8_into(t.cpu(), h[: t.shape[0]])
+                h[t.shape[0]:] = h[0]
+                return h
+            # an RGB target for a gray source (luminance), or a float target
+            return self.target_summary((t.float() / 255.0 if t.dtype == torch.uint8 else t)[None])[channels].numpy()
+
+        keys = list(keys) if keys is not None else [None] * len(targets)
+        out = np.stack([self._per_target(None if key is None else ("histogram", key, channels), lambda t=t: one(t))
+                        for t, key in zip(targets, keys)])
+        return torch.from_numpy(out)
 
     def params(self):
         return {"reference": self.reference}

@@ -24,7 +24,8 @@ import os
 import platform
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -402,6 +403,27 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
         bar = _progress(len(mine), cfg.progress, f"transfer {cfg.method}" + (f" [rank {rank}/{world}]" if world > 1 else ""))
         bar.update(counts["skipped_done"])
         log = open(log_path, "a", encoding="utf-8")
+        # Encoding (PNG/JPEG compression releases the GIL) runs on a thread beside the decode and
+        # transfer of the next batch; samples are committed in submission order, so the output and
+        # its journal are the same as a serial run's. At most two batches are in flight.
+        pool = ThreadPoolExecutor(max_workers=encode_threads()) if encode_threads() > 0 else None
+        pending: deque = deque()
+
+        def commit(batch: tuple[int, list, list[dict], int]) -> None:
+            bno, prepared, new_rows, n_items = batch
+            for p in prepared:
+                w.commit(p.result() if pool is not None else p)
+            if new_rows:
+                log.write("".join(json.dumps(r) + "\n" for r in new_rows))
+                log.flush()
+                os.fsync(log.fileno())
+            bar.update(n_items)
+            if after_batch is not None:  # batch `bno` is stored
+                after_batch(bno)
+
+        def prepare(sample, path=None):
+            return pool.submit(w.prepare, sample, path) if pool is not None else w.prepare(sample, path)
+
         try:
             items_ds = _Items(src, tgt, pair_of, decode_target=plan.summaries is None)
             for bno, items in enumerate(_loader(items_ds, todo, cfg.workers)):
@@ -415,27 +437,27 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
                         continue
                     good.append(it)
                 results = _run_batch(plan, good, target_tensor)
-                new_rows = []
+                prepared, new_rows = [], []
                 for it, (img, j) in zip(good, results):
                     s, rel = it["sample"], it["sample"].path
                     out_rel = output_path(rel, cfg.mix, cfg.suffix)
                     if cfg.mix and not w.is_done(rel):
-                        w.write(s)
+                        prepared.append(prepare(s))
                     if not w.is_done(out_rel):
-                        w.write(s.with_image(img), path=out_rel) if cfg.mix else w.write(s.with_image(img))
+                        prepared.append(prepare(s.with_image(img), out_rel if cfg.mix else None))
                         counts["written"] += 1
                     row = {"i": it["i"], "source": rel, "target": tpaths[j] if j is not None else "", "output": out_rel, "method": cfg.method}
                     if pairs.get(rel) != row:
                         pairs[rel] = row
                         new_rows.append(row)
-                if new_rows:
-                    log.write("".join(json.dumps(r) + "\n" for r in new_rows))
-                    log.flush()
-                    os.fsync(log.fileno())
-                bar.update(len(items))
-                if after_batch is not None:
-                    after_batch(bno)
+                pending.append((bno, prepared, new_rows, len(items)))
+                while len(pending) > 1:
+                    commit(pending.popleft())
+            while pending:
+                commit(pending.popleft())
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             log.close()
             bar.close()
     counts["transfer_s"] = time.perf_counter() - t0
@@ -448,6 +470,15 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
     except OSError:
         pass
     return counts
+
+
+def encode_threads() -> int:
+    """Threads that encode outputs beside the main loop: one per spare core, at most 4
+    (SHIFTKIT_ENCODE_THREADS overrides; 0 encodes in the main loop)."""
+    env = os.environ.get("SHIFTKIT_ENCODE_THREADS")
+    if env is not None and env.strip().isdigit():
+        return int(env)
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _write_pairs_csv(path: Path, rows: list[dict]) -> None:
@@ -486,7 +517,7 @@ def _run_batch(plan: _Plan, good: list[dict], target_tensor) -> list[tuple[np.nd
             else:
                 targets = [_u8_tensor(good[k]["target"]).to(dev) for k in group]
         with torch.no_grad():
-            y = method.apply_uint8(x, targets=targets, summaries=summaries)
+            y = method.apply_uint8(x, targets=targets, summaries=summaries, target_keys=js if targets is not None else None)
         for k, img, j in zip(group, y.permute(0, 2, 3, 1).cpu().numpy(), js):
             results[k] = (img, j)
     return results  # type: ignore[return-value]

@@ -234,6 +234,11 @@ class DatasetWriter:
 
     def write(self, sample: Sample, path: str | None = None) -> str:
         """Encode and store one sample; returns its relative path in the output."""
+        return self.commit(self.prepare(sample, path))
+
+    def prepare(self, sample: Sample, path: str | None = None) -> tuple[str, dict[str, bytes], dict[str, Any]]:
+        """Validate and encode one sample without touching the output (thread-safe: callers may
+        encode on a thread pool, then `commit` in their own order so the journal stays deterministic)."""
         if self._closed:
             raise ShiftkitError("DatasetWriter is closed", self.out, "open a new writer")
         target = sample.target
@@ -279,9 +284,16 @@ class DatasetWriter:
                 extra = sample.meta.get("coco_ann_extra")
                 if extra is not None and len(extra) == len(target):
                     entry["coco_ann_extra"] = extra
+        entry["files"] = {f: sha256_bytes(data) for f, data in files.items()}
+        return rel, files, entry
+
+    def commit(self, prepared: tuple[str, dict[str, bytes], dict[str, Any]]) -> str:
+        """Store a `prepare`d sample (files written atomically, then its journal line); returns its path."""
+        if self._closed:
+            raise ShiftkitError("DatasetWriter is closed", self.out, "open a new writer")
+        rel, files, entry = prepared
         for f, data in files.items():
             _write_file(self.partial / f, data)
-        entry["files"] = {f: sha256_bytes(data) for f, data in files.items()}
         with self._lock:
             self._prior.pop(rel, None)
             self._done[rel] = entry
