@@ -95,6 +95,7 @@ class _Boom:
         return (os.system, ("touch boom_marker",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the test's own hostile pickles
 def test_refuses_pickled_modules_and_malicious_pickles(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     whole = tmp_path / "whole.pth"
