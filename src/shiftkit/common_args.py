@@ -38,3 +38,13 @@ def add_on_bad(p) -> None:
 
 def add_no_progress(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_inference(p) -> None:
+    """Options of the commands that run a trained model over a folder (evaluate, predict)."""
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    add_on_bad(p)
+    add_no_progress(p)
+    add_device(p)
+    add_workers(p)
+    add_json(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_workers, epilog
+from shiftkit.common_args import add_inference, epilog
 
 HELP = "evaluate a trained model on labeled data: accuracy, balanced accuracy, per-class P/R/F1, confusion matrix"
 
@@ -21,12 +21,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "ensemble (mean probabilities, e.g. ADVENT's MinEnt + AdvEnt)")
     p.add_argument("--data", required=True, help="labeled folder (one sub-folder per class)")
     p.add_argument("--out", default=None, help="folder for metrics.json, predictions.csv, figures/confusion.png")
-    p.add_argument("--batch-size", type=int, default=64)
-    add_on_bad(p)
-    add_no_progress(p)
-    add_device(p)
-    add_workers(p)
-    add_json(p)
+    add_inference(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_workers, epilog
+from shiftkit.common_args import add_inference, epilog
 
 HELP = "predict classes for new images with a trained model; writes a CSV (path,label,predicted,confidence,prob_<class>...)"
 
@@ -15,12 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.safetensors) written by `shiftkit train`")
     p.add_argument("--data", required=True, help="folder of images (flat or one sub-folder per class)")
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument("--batch-size", type=int, default=64)
-    add_on_bad(p)
-    add_no_progress(p)
-    add_device(p)
-    add_workers(p)
-    add_json(p)
+    add_inference(p)
 
 
 def run(args: argparse.Namespace) -> int:
