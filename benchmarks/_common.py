@@ -33,6 +33,25 @@ def prepare_data(name: str, root: str | os.PathLike | None = None, seed: int = 0
     return out
 
 
+def add_run_args(ap, data: str, out: str, threads: int | None = None) -> None:
+    """The options every benchmark script shares: data folder, run folders, result JSON, device, threads."""
+    ap.add_argument("--data", default=None, help=f"benchmark folder (default runs/data/{data}; built if missing)")
+    ap.add_argument("--out", default=out, help=f"run folders go here (default {out})")
+    ap.add_argument("--result", default=None, help="result JSON (default benchmarks/results/<benchmark>.json)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    ap.add_argument("--threads", type=int, default=threads, help="torch CPU threads (default: torch's choice)" if threads is None
+                    else f"torch CPU threads (default {threads}: fastest on a busy 2-core machine)")
+
+
+def setup_run(a, bench: str, data: str | None = None) -> Path:
+    """Apply --threads and build (or reuse) the benchmark's data; returns its folder."""
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return prepare_data(data or bench, a.data)
+
+
 class Timer:
     """Wall and process-CPU seconds of a block."""
 

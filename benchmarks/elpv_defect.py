@@ -100,21 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--tta", default="flips", choices=["none", "hflip", "flips"])
     ap.add_argument("--min-scale", type=float, default=0.85)
-    ap.add_argument("--data", default=None, help="benchmark folder (default runs/data/elpv-defect; built if missing)")
-    ap.add_argument("--out", default="runs/bench/elpv-defect")
-    ap.add_argument("--result", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
+    C.add_run_args(ap, "elpv-defect", "runs/bench/elpv-defect")
     a = ap.parse_args(argv)
-    import torch
 
     from shiftkit.adapt.augmented import Augmented
     from shiftkit.adapt.registry import build_method
     from shiftkit.train.checkpoint import load_model
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    root = C.prepare_data(BENCH, a.data)
+    root = C.setup_run(a, BENCH)
     xv, yv, classes = load_split(root / "val", a.size)
     rows = []
     for name in a.rows:

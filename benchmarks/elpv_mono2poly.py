@@ -102,21 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--st-tau", type=float, default=0.9)
     ap.add_argument("--im-weight", type=float, default=1.0)
     ap.add_argument("--tta", default="flips", choices=["none", "hflip", "flips"])
-    ap.add_argument("--data", default=None, help="benchmark folder (default runs/data/elpv-mono2poly; built if missing)")
-    ap.add_argument("--out", default="runs/bench/elpv-mono2poly")
-    ap.add_argument("--result", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
+    C.add_run_args(ap, "elpv-mono2poly", "runs/bench/elpv-mono2poly")
     a = ap.parse_args(argv)
-    import torch
 
     from shiftkit.adapt.augmented import Augmented, adabn
     from shiftkit.adapt.registry import build_method
     from shiftkit.train.checkpoint import load_model
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    root = C.prepare_data(BENCH, a.data)
+    root = C.setup_run(a, BENCH)
     x_tt, y_tt, classes = images(root / "target-test", a.size, True)
     x_t, _, _ = images(root / "target", a.size, False)  # unlabeled target-train, for AdaBN
     options = {"mcc_weight": a.mcc_weight, "st_tau": a.st_tau, "st_thresholds": "flexmatch", "im_weight": a.im_weight}

@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--C", type=float, default=0.1, help="logistic regression inverse regularisation (fixed, not tuned on test)")
     ap.add_argument("--beta", type=float, default=0.01, help="FDA window")
     ap.add_argument("--reduced", action="store_true", help="mark the result as a reduced run (fewer steps/smaller size than the default)")
-    ap.add_argument("--data", default=None, help="benchmark folder (default runs/data/elpv-mono2poly; built if missing)")
-    ap.add_argument("--out", default="runs/bench/elpv-mono2poly-translate")
-    ap.add_argument("--result", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on the busy 2-core machine)")
+    C.add_run_args(ap, "elpv-mono2poly", "runs/bench/elpv-mono2poly-translate", threads=1)
     a = ap.parse_args(argv)
 
     import numpy as np

@@ -83,17 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mcc-weight", type=float, default=1.0)
     ap.add_argument("--st-tau", type=float, default=0.9)
     ap.add_argument("--im-weight", type=float, default=1.0)
-    ap.add_argument("--data", default=None, help="benchmark folder (default runs/data/mnist2digits; built if missing)")
-    ap.add_argument("--out", default="runs/bench/mnist2digits", help="run folders go here")
-    ap.add_argument("--result", default=None, help="result JSON (default benchmarks/results/mnist2digits.json)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    C.add_run_args(ap, "mnist2digits", "runs/bench/mnist2digits")
     a = ap.parse_args(argv)
-    import torch
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    root = C.prepare_data(BENCH, a.data)
+    root = C.setup_run(a, BENCH)
     options = {"mcc_weight": a.mcc_weight, "st_tau": a.st_tau, "st_thresholds": "flexmatch", "im_weight": a.im_weight}
     for name in a.methods:  # fail on a bad name before any training
         make_method(name, a.label_smoothing, options)
