@@ -31,9 +31,9 @@ def epilog(*examples: str) -> str:
     return "examples:\n" + "\n".join(f"  {e}" for e in examples)
 
 
-def add_on_bad(p) -> None:
-    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
-                   help="unreadable images: skip them and report each by path (default), or refuse before starting")
+def add_on_bad(p, default: str = "skip") -> None:
+    p.add_argument("--on-bad", choices=["skip", "fail"], default=default,
+                   help=f"unreadable images: skip them and report each by path, or stop with the file named (default {default})")
 
 
 def add_no_progress(p) -> None:

@@ -229,3 +229,16 @@ def test_encoding_threads_give_the_serial_output(tmp_path, make, monkeypatch, th
     res = run_transfer(_cfg(a, b, tmp_path / "threaded", method="fda", batch_size=2, seed=1, mix=True))
     assert res["written"] == 9
     assert _files(tmp_path / "serial") == _files(tmp_path / "threaded")
+
+
+def test_cli_corrupt_source_image_stops_or_is_skipped_by_name(tmp_path, make, capsys):
+    a, b = make.classification(tmp_path / "A", n=6, c=3), make.target(tmp_path / "B", n=3)
+    bad = sorted(a.rglob("*.png"))[2]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    args = ["transfer", "--source", str(a), "--target", str(b), "--method", "histogram", "--no-gap", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "stop")]) == 2  # default --on-bad fail: the file is named
+    assert bad.name in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "skip"), "--on-bad", "skip", "--json"]) == 1  # finished, with problems
+    res = json.loads(capsys.readouterr().out)
+    assert res["written"] == 5 and res["errors"] == 1
+    assert not (tmp_path / "skip" / bad.relative_to(a)).exists()

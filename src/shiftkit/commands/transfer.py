@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_seed, add_task, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_task, add_workers, epilog
 
 HELP = "write A' = source images restyled like the target set (fda, histogram, color-stats, pca, learned); labels unchanged"
 
@@ -37,7 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", default=None, help="folder for grid.png and transfer.json (default OUT.figures beside OUT)")
     p.add_argument("--no-gap", action="store_true", help="skip the gap score (A vs B and A' vs B)")
     p.add_argument("--gap-max", type=int, default=300, help="images per set for the gap score (default 300)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="unreadable source images: stop, or skip and report")
+    add_on_bad(p, default="fail")
     p.add_argument("--overwrite", action="store_true", help="replace an existing finished --out")
     p.add_argument("--finalize", action="store_true", help="merge rank shards of a torchrun run without a process group, then report")
     add_no_progress(p)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference, pair=args.pair, pair_k=args.pair_k, mix=args.mix, suffix=args.suffix,
         seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device, task=args.task,
         max_targets=args.max_targets, figures=args.figures, gap=not args.no_gap, gap_max=args.gap_max,
-        on_error=args.on_error, progress=not (args.no_progress or args.json), finalize=args.finalize, overwrite=args.overwrite,
+        on_error="raise" if args.on_bad == "fail" else "skip", progress=not (args.no_progress or args.json), finalize=args.finalize, overwrite=args.overwrite,
         translator=args.translator,
     )
     res = run_transfer(cfg)
