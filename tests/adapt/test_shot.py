@@ -160,8 +160,9 @@ def test_adapt_refuses_source_arguments_and_das3(tmp_path):
 
     with pytest.raises(ShiftkitError, match="no source"):
         adapt(build("mnist_net", input_size=8), _Digits(8, 0, False), out=tmp_path / "x", source="somewhere")
-    with pytest.raises(ShiftkitError, match="das3.*not available"):
+    with pytest.raises(ShiftkitError, match="das3 adapts segmentation models"):  # a classifier: use shot
         adapt(build("mnist_net", input_size=8), _Digits(8, 0, False), out=tmp_path / "x", method="das3")
+    assert not (tmp_path / "x").exists()
 
 
 def _png_folder(root, n: int, labeled: bool):
@@ -193,11 +194,14 @@ def test_cli_adapt_state_dict_with_arch(tmp_path, capsys):
     assert "--arch" in capsys.readouterr().err
 
 
-def test_cli_has_no_source_option_and_lists_das3_as_not_available(tmp_path, capsys):
+def test_cli_has_no_source_option_and_takes_das3(tmp_path, capsys):
     from shiftkit.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["adapt", "--model", "m.pth", "--source", "s", "--target", "t", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "--source" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["adapt", "--model", "m.pth", "--source", "s", "--target", "t", "--method", "das3", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--source" in capsys.readouterr().err
     assert main(["adapt", "--model", "m.pth", "--target", "t", "--method", "das3", "--out", str(tmp_path / "o")]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "--arch" in capsys.readouterr().err  # das3 is known: the error is about the model file

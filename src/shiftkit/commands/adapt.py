@@ -1,6 +1,8 @@
 """`shiftkit adapt`: source-free adaptation of a trained model to unlabeled target images.
 
 There is deliberately no source option: the trained model and the target images are all it gets.
+`--method shot` adapts a classifier; `--method das3` a segmentation model (three stages, each its
+own run folder OUT/stage<k>; `--stages` picks them, `--resume` reuses finished ones).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 
 from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_workers, epilog
 
-HELP = "adapt a trained model to unlabeled target images without its source data (SHOT)"
+HELP = "adapt a trained model to unlabeled target images without its source data (SHOT, DAS3)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -18,9 +20,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         "shiftkit adapt --model ccexam:svhn --target data/mnist/train --target-test data/mnist/test --method shot --out runs/shot",
         "shiftkit adapt --model svhn.pth --arch svhn_net --target T --out runs/shot --epochs 10",
         "shiftkit adapt --model runs/train/checkpoints/best.safetensors --target T --out runs/shot",
+        "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --target-test TT --method das3 --out runs/das3",
+        "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --method das3 --stages 1,2 --out runs/das3",
     ) + ("\n\n--model takes a shiftkit checkpoint (.safetensors, architecture read from it), a plain PyTorch\n"
          "state_dict with --arch, or ccexam:svhn|mnist|usps (the ccexam digit models, fetched and verified).\n"
-         "No source data is read: there is no --source option. Target-test labels only score.")
+         "No source data is read: there is no --source option. Target-test labels only score.\n"
+         "das3 (segmentation) runs stage 1 (focal entropy + weighted diversity, classifier frozen), stage 2\n"
+         "(positive + negative pseudo labels), stage 3 (easy/hard split, ClassMix) in OUT/stage1..3;\n"
+         "--resume reuses finished stages and continues an interrupted one.")
     d = p.add_argument_group("model and data")
     d.add_argument("--model", required=True, help="checkpoint (.safetensors), state_dict (.pth/.pt, with --arch) or ccexam:NAME")
     d.add_argument("--arch", default=None, choices=["svhn_net", "mnist_net", "usps_net"],
@@ -29,14 +36,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     d.add_argument("--target-test", default=None, help="labeled target folder, used only to score")
     add_on_bad(d)
     a = p.add_argument_group("method")
-    a.add_argument("--method", default="shot", help="shot (classification); das3 (segmentation) is not available yet")
-    a.add_argument("--beta", type=float, default=0.3, help="SHOT pseudo-label loss weight (paper: 0.3)")
-    a.add_argument("--im-weight", type=float, default=1.0, help="information-maximisation weight")
-    o = p.add_argument_group("optimisation (defaults: SHOT's digit recipe)")
-    o.add_argument("--epochs", type=int, default=10)
-    o.add_argument("--batch-size", type=int, default=64)
-    o.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, decayed as lr (1 + 10 p)^-0.75")
-    o.add_argument("--weight-decay", type=float, default=5e-4)
+    a.add_argument("--method", default="shot", choices=["shot", "das3"],
+                   help="shot (classification) or das3 (segmentation)")
+    a.add_argument("--beta", type=float, default=0.3, help="shot: pseudo-label loss weight (paper: 0.3)")
+    a.add_argument("--im-weight", type=float, default=1.0, help="shot: information-maximisation weight")
+    a.add_argument("--stages", default="1,2,3", help="das3: stages to run, e.g. 1,2,3 or 2,3 (ablations)")
+    a.add_argument("--alpha", type=float, default=0.5, help="das3 stage 1: weight of certain pixels (uncertain: 1 - alpha)")
+    a.add_argument("--gamma", type=float, default=2.0, help="das3 stage 1: focal exponent shrinking confident pixels' loss")
+    a.add_argument("--lambda-div", type=float, default=1.0, help="das3 stage 1: weighted diversity loss weight")
+    a.add_argument("--top-k", type=float, default=0.5, help="das3 stages 2-3: share of each class's pixels per image kept as pseudo labels")
+    a.add_argument("--tau", type=float, default=0.05, help="das3 stage 2: classes below this probability are negative labels")
+    a.add_argument("--easy-share", type=float, default=0.3, help="das3 stage 3: share of target images taken as easy (lowest entropy)")
+    o = p.add_argument_group("optimisation (defaults: shot: SHOT's digit recipe, SGD; das3: AdamW lr 1e-4, batch 8)")
+    o.add_argument("--epochs", type=int, default=None, help="epochs (das3: per stage; default 10)")
+    o.add_argument("--batch-size", type=int, default=None, help="default 64 (shot), 8 (das3)")
+    o.add_argument("--lr", type=float, default=None, help="default 0.01 (shot: SGD, lr (1 + 10 p)^-0.75), 1e-4 (das3: AdamW, cosine)")
+    o.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 (shot), 0 (das3)")
+    o.add_argument("--size", type=int, default=None, help="input size (default: the checkpoint's)")
     o.add_argument("--iters-per-epoch", type=int, default=None, help="steps per epoch (default: one pass over the target)")
     s = p.add_argument_group("output")
     s.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, metrics.json, checkpoints/)")
@@ -52,16 +68,38 @@ def run(args: argparse.Namespace) -> int:
     from shiftkit.adapt.sourcefree import adapt, build_sourcefree_method
     from shiftkit.models.ccexam import load_model
 
-    method = build_sourcefree_method(args.method, beta=args.beta, im_weight=args.im_weight)  # das3 -> clear error first
+    if args.method == "das3":
+        method = build_sourcefree_method("das3", stages=args.stages,
+                                         stage1={"alpha": args.alpha, "gamma": args.gamma, "lambda_div": args.lambda_div},
+                                         stage2={"top_k": args.top_k, "tau": args.tau},
+                                         stage3={"top_k": args.top_k, "easy_share": args.easy_share})
+    else:
+        method = build_sourcefree_method(args.method, beta=args.beta, im_weight=args.im_weight)  # bad options fail first
     model = load_model(args.model, args.arch)
+    settings = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                                  ("weight_decay", args.weight_decay)) if v is not None}
+    size = args.size
+    if size is None and args.method == "das3" and str(args.model).endswith(".safetensors"):
+        from shiftkit.train.checkpoint import read_weights
+
+        size = ((read_weights(args.model)[1] or {}).get("input_size") or [None])[0]
+    if size is not None:
+        settings["size"] = int(size)
     r = adapt(
-        model, args.target, method=method, target_test=args.target_test, out=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, iters_per_epoch=args.iters_per_epoch,
-        seed=args.seed, device=args.device, workers=args.workers, resume=args.resume, on_bad=args.on_bad,
-        progress=not args.no_progress,
+        model, args.target, method=method, target_test=args.target_test, out=args.out,
+        iters_per_epoch=args.iters_per_epoch, seed=args.seed, device=args.device, workers=args.workers, resume=args.resume,
+        on_bad=args.on_bad, progress=not args.no_progress, **settings,
     )
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "history"}, indent=2))
+        return 0
+    if args.method == "das3":
+        print("das3 (source-free):")
+        for k, st in r["stages"].items():
+            sel = st.get("selected", {})
+            figs = "  ".join(f"{n} {sel[n]:.4f}" for n in ("target_test_miou", "select_im") if n in sel)
+            print(f"  stage {k} {st['status']:9s} {figs}")
+        print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
         return 0
     sel = r["selected"]
     print(f"{r['method']} (source-free): selected epoch {None if r['selected_epoch'] is None else r['selected_epoch'] + 1} "
