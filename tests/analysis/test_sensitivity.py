@@ -93,3 +93,25 @@ def test_analyze_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert "brightness_to" in ops and ops["brightness_to"]["high"] < 0.5 and ops["brightness_to"]["classes"] == ["defective"]
     assert (tmp_path / "run" / "figures" / "slices_brightness.png").is_file()
     assert main(["analyze", "--predictions", str(tmp_path / "nope.csv"), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_plan_square_root_balance_and_symmetry_check():
+    preds, table = _dark_failure_case()
+    sens = sensitivity(preds, table, bins=5)
+    n_def, n_fun = sens.class_counts["defective"], sens.class_counts["functional"]
+    full = recommend_plan(sens, table, symmetries=("hflip",))
+    sqrt = recommend_plan(sens, table, symmetries=("hflip",), balance="sqrt")
+    assert full.new_samples["defective"] == n_fun - n_def
+    assert sqrt.new_samples["defective"] == int(np.ceil(np.sqrt(n_def * n_fun))) - n_def
+    assert sqrt.balance_rule == "sqrt" and sqrt.to_dict()["balance"]["rule"] == "sqrt"
+    assert any("square-root" in r for r in sqrt.reasoning)
+    # every training image prefers one orientation: rot90 leaves the plan, with the reason
+    oriented = recommend_plan(sens, table, symmetries=("hflip", "rot90"), orientation=np.full(50, -0.6))
+    assert [o.op for o in oriented.ops if o.why == "declared label-preserving symmetry"] == ["hflip"]
+    assert any("rot90 is dropped" in r for r in oriented.reasoning)
+    mixed = recommend_plan(sens, table, symmetries=("hflip", "rot90"), orientation=np.linspace(-1, 1, 50))
+    assert [o.op for o in mixed.ops if o.why == "declared label-preserving symmetry"] == ["hflip", "rot90"]
+    with pytest.raises(ValueError, match="balance rule"):
+        recommend_plan(sens, table, balance="most")
+    with pytest.raises(ValueError, match="unknown symmetry"):
+        recommend_plan(sens, table, symmetries=("rot45",))

@@ -106,3 +106,36 @@ def test_cli_balance_and_errors(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["new_samples"] == {"rare": 4}
     assert main(["augment", "--data", str(tmp_path / "d"), "--balance", "--ops", "nope", "--out", str(tmp_path / "o2")]) == 2
     assert "unknown augmentation op" in capsys.readouterr().err
+
+
+def test_balance_counts_square_root_rule():
+    # 754 vs 357 (B1's train half): sqrt(357 * 754) = 518.8 -> 519, so +162 (full balancing: +397)
+    assert balance_counts({"f": 754, "d": 357}, rule="sqrt") == {"f": 0, "d": 162}
+    assert balance_counts({"f": 754, "d": 357}) == {"f": 0, "d": 397}
+    # 75 vs 36 (the small regime): sqrt(2700) = 51.96 -> 52
+    assert balance_counts({"f": 75, "d": 36}, rule="sqrt") == {"f": 0, "d": 16}
+    assert balance_counts({"a": 100, "b": 1, "c": 0}, rule="sqrt", classes=["b", "c"]) == {"a": 0, "b": 9, "c": 0}
+    with pytest.raises(ShiftkitError, match="balance rule"):
+        balance_counts({"a": 1}, rule="log")
+
+
+def test_plan_balance_rule_round_trip_and_validation(tmp_path):
+    plan = Plan([OpSpec("hflip", p=0.5)], 1.0, ["rare"], None, ["why"], "sqrt")
+    d = plan.to_dict()
+    assert d["balance"]["rule"] == "sqrt"
+    assert Plan.from_dict(d).balance_rule == "sqrt"
+    d["balance"].pop("rule")  # plans written before the rule existed balance fully
+    assert Plan.from_dict(d).balance_rule == "full"
+    d["balance"]["rule"] = "cube"
+    with pytest.raises(ShiftkitError, match="balance.rule"):
+        Plan.from_dict(d)
+    with pytest.raises(ShiftkitError, match="balance rule"):
+        Plan([OpSpec("hflip")], balance_rule="cube")
+
+
+def test_augment_balances_with_the_plans_rule(tmp_path):
+    src = _imagefolder(tmp_path / "src", counts={"common": 9, "rare": 1})
+    plan = Plan([OpSpec("hflip", p=1.0)], 1.0, ["rare"], None, [], "sqrt")  # sqrt(9 * 1) = 3 -> +2
+    res = augment_dataset(open_dataset(src), plan, tmp_path / "out", seed=0, progress=False)
+    assert res.written_new == {"rare": 2}
+    assert len(list((tmp_path / "out" / "rare").glob("*.png"))) == 3

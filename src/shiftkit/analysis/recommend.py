@@ -2,8 +2,10 @@
 
 The rule follows the solar-cell case: augment only the classes that fail (and are outnumbered),
 only along the properties where their recall collapses, in the ranges where it collapses, and
-add new samples until those classes are balanced. Blind augmentation of everything is what the
-plan is meant to beat.
+add new samples until those classes are balanced (`balance="full"`, the article's rule) or half
+way in log-odds (`balance="sqrt"`, square-root balancing). Declared symmetries are checked against
+the training images first (`orientation`, see analysis.symmetry): one that moves images off the
+data's distribution is dropped. Blind augmentation of everything is what the plan is meant to beat.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from shiftkit.analysis.sensitivity import Sensitivity
-from shiftkit.augment.policy import OpSpec, Plan, balance_counts
+from shiftkit.analysis.symmetry import check_symmetries
+from shiftkit.augment.policy import BALANCE_RULES, OpSpec, Plan, balance_counts
 
 SYMMETRIES = ("hflip", "vflip", "rot90")
 
@@ -52,9 +55,21 @@ def recommend_plan(
     drift_rows: list[dict] | None = None,
     max_ops_per_class: int = 3,
     ks_threshold: float = 0.2,
+    balance: str = "full",
+    orientation: np.ndarray | None = None,
 ) -> Plan:
     """Write the plan. `table` holds the training data's properties (for medians); `drift_rows` from
-    `analysis.drift.property_drift(source, target)` add ops that move the source toward the target."""
+    `analysis.drift.property_drift(source, target)` add ops that move the source toward the target.
+    `balance`: "full" (minority classes grow to the largest) or "sqrt" (to the geometric mean of
+    their count and the largest). `orientation`: the training images' orientation log ratios
+    (`analysis.symmetry.orientation_log_ratio`); when given, rot90 is kept only if the data has no
+    preferred orientation."""
+    if balance not in BALANCE_RULES:
+        raise ValueError(f"unknown balance rule {balance!r}; use {', '.join(BALANCE_RULES)}")
+    for sym in symmetries:
+        if sym not in SYMMETRIES:
+            raise ValueError(f"unknown symmetry {sym!r}; use {', '.join(SYMMETRIES)}")
+    symmetries, sym_reasoning = check_symmetries(symmetries, orientation, ks_threshold)
     counts = sens.class_counts
     largest = max(counts.values()) if counts else 0
     weak = [c for c, r in sens.recall.items() if np.isfinite(r) and r < sens.overall_accuracy]
@@ -107,14 +122,16 @@ def recommend_plan(
                 op.p = 0.5
                 ops.append(op)
                 reasoning.append(f"{why} -> {op.op} in [{op.low:.4g}, {op.high:.4g}] for every class")
+    reasoning += sym_reasoning
     for sym in symmetries:
-        if sym not in SYMMETRIES:
-            raise ValueError(f"unknown symmetry {sym!r}; use {', '.join(SYMMETRIES)}")
         ops.append(OpSpec(sym, p=0.5, classes=targeted or None, why="declared label-preserving symmetry"))
     if not ops:
         ops.append(OpSpec("hflip", p=0.5, why="no diagnosis-driven op found; mild default"))
     balance_classes = [c for c in targeted if c in minority] or None
-    new = balance_counts(counts, 1.0, balance_classes) if balance_classes else {c: 0 for c in counts}
+    new = balance_counts(counts, 1.0, balance_classes, balance) if balance_classes else {c: 0 for c in counts}
     if balance_classes:
-        reasoning.append("balance: " + ", ".join(f"{c} +{n}" for c, n in new.items() if n) + " new samples to match the largest class")
-    return Plan(ops, 1.0, balance_classes, new, reasoning)
+        goal = ("to match the largest class" if balance == "full" else
+                "to the geometric mean of each count and the largest class (square-root balancing: the class "
+                "ratio halved in log-odds, so the model's prior moves half way to 1:1)")
+        reasoning.append("balance: " + ", ".join(f"{c} +{n}" for c, n in new.items() if n) + f" new samples {goal}")
+    return Plan(ops, 1.0, balance_classes, new, reasoning, balance)

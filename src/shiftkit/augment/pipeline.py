@@ -150,7 +150,8 @@ def augment_dataset(
     else:
         if ds.task is Task.UNLABELED:
             raise ShiftkitError("cannot balance an unlabeled dataset", ds.root, "use --copies N")
-        new = balance_counts({c: len(v) for c, v in members.items() if c is not None}, plan.target_ratio, plan.balance_classes)
+        new = balance_counts({c: len(v) for c, v in members.items() if c is not None}, plan.target_ratio, plan.balance_classes,
+                             plan.balance_rule)
     jobs = []  # (source index, copy number, class)
     for c, n in new.items():
         idx = members.get(c, [])

@@ -6,11 +6,17 @@ A plan is JSON so that a person can read and edit what `shiftkit analyze` recomm
  "ops": [{"op": "brightness_to", "low": 0.15, "high": 0.35, "p": 0.7, "classes": ["defective"],
           "why": "defective recall drops to 0.41 for brightness in [0.15, 0.35]"},
          {"op": "hflip", "p": 0.5}],
- "balance": {"target_ratio": 1.0, "classes": ["defective"]},
+ "balance": {"target_ratio": 1.0, "classes": ["defective"], "rule": "full"},
  "new_samples": {"defective": 397},
  "reasoning": ["..."]}
 ```
 `new_samples` is optional: when absent it is derived from `balance` and the dataset's counts.
+`balance.rule` is `full` (grow each balanced class to target_ratio x the largest class, the
+source article's rule) or `sqrt` (grow it to the geometric mean of its own count and the largest,
+square-root class balancing as in Mahajan et al. 2018 and Kang et al. 2020: a minority of 357
+against 754 grows to 519, not 754). Full balancing also moves the model's prior from the data's
+class ratio to 1:1, which trades accuracy for minority recall; square-root balancing goes half
+way (in log-odds).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
     "crop": (0.6, 1.0),  # fraction of the area kept
 }
 DEFAULT_OPS = ("hflip", "brightness", "contrast", "blur", "noise")
+BALANCE_RULES = ("full", "sqrt")
 KNOWN_OPS = tuple(GEOMETRIC_OPS) + tuple(PHOTOMETRIC_OPS)
 
 
@@ -86,12 +93,17 @@ class Plan:
     balance_classes: list[str] | None = None  # None = every class may receive new samples
     new_samples: dict[str, int] | None = None
     reasoning: list[str] = field(default_factory=list)
+    balance_rule: str = "full"  # "full" | "sqrt" (see balance_counts)
+
+    def __post_init__(self) -> None:
+        if self.balance_rule not in BALANCE_RULES:
+            raise ShiftkitError(f"balance rule must be one of {', '.join(BALANCE_RULES)}, got {self.balance_rule!r}")
 
     def to_dict(self) -> dict:
         d = {
             "version": 1,
             "ops": [o.to_dict() for o in self.ops],
-            "balance": {"target_ratio": self.target_ratio, "classes": self.balance_classes},
+            "balance": {"target_ratio": self.target_ratio, "classes": self.balance_classes, "rule": self.balance_rule},
             "reasoning": self.reasoning,
         }
         if self.new_samples is not None:
@@ -110,11 +122,14 @@ class Plan:
         ratio = float(bal.get("target_ratio", 1.0))
         if not 0.0 < ratio <= 10.0:
             raise ShiftkitError(f"balance.target_ratio must be in (0, 10], got {ratio}", source)
+        rule = bal.get("rule", "full")
+        if rule not in BALANCE_RULES:
+            raise ShiftkitError(f"balance.rule must be one of {', '.join(BALANCE_RULES)}, got {rule!r}", source)
         new = d.get("new_samples")
         if new is not None and (not isinstance(new, dict) or any(int(v) < 0 for v in new.values())):
             raise ShiftkitError("new_samples must map class names to counts >= 0", source)
         return cls(ops, ratio, bal.get("classes"), {k: int(v) for k, v in new.items()} if new else None,
-                   list(d.get("reasoning", [])))
+                   list(d.get("reasoning", [])), rule)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
@@ -125,19 +140,29 @@ class Plan:
         return cls.from_dict(d, path)
 
 
-def balance_counts(counts: dict[str, int], target_ratio: float = 1.0, classes: list[str] | None = None) -> dict[str, int]:
-    """New samples per class so each class reaches ceil(target_ratio * largest class), never fewer than 0.
+def balance_counts(counts: dict[str, int], target_ratio: float = 1.0, classes: list[str] | None = None,
+                   rule: str = "full") -> dict[str, int]:
+    """New samples per class, never fewer than 0: rule `full` grows each class to
+    ceil(target_ratio * largest); rule `sqrt` to ceil(target_ratio * sqrt(n * largest)), the geometric
+    mean of its own count n and the largest (square-root balancing: the class ratio is halved in log).
 
     Only `classes` (default: all) receive new samples; a class with no images cannot be grown.
     """
+    if rule not in BALANCE_RULES:
+        raise ShiftkitError(f"balance rule must be one of {', '.join(BALANCE_RULES)}, got {rule!r}")
     if not counts:
         return {}
-    goal = math.ceil(target_ratio * max(counts.values()))
+    largest = max(counts.values())
     allowed = set(counts) if classes is None else set(classes)
     unknown = allowed - set(counts)
     if unknown:
         raise ShiftkitError(f"plan names unknown classes {sorted(unknown)}", None, f"the dataset has {sorted(counts)}")
-    return {c: (max(0, goal - n) if c in allowed and n > 0 else 0) for c, n in counts.items()}
+
+    def goal(n: int) -> int:
+        # round first: 0.69 * 754 is 520.26 in floating point, 520 in exact arithmetic
+        return math.ceil(round(target_ratio * (largest if rule == "full" else math.sqrt(n * largest)), 9))
+
+    return {c: (max(0, goal(n) - n) if c in allowed and n > 0 else 0) for c, n in counts.items()}
 
 
 def plan_from_ops(ops: list[str], classes: list[str] | None = None, target_ratio: float = 1.0) -> Plan:

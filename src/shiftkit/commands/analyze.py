@@ -20,7 +20,11 @@ def configure(p) -> None:
     p.add_argument("--out", required=True, help="run folder: metrics.json, plan.json, figures/")
     p.add_argument("--bins", type=int, default=5, help="quantile buckets per property (default 5)")
     p.add_argument("--symmetries", default="hflip",
-                   help="comma list of geometric ops that keep labels for this data (hflip,vflip,rot90)")
+                   help="comma list of geometric ops that keep labels for this data (hflip,vflip,rot90); rot90 is "
+                        "dropped when the training images have a preferred orientation (see the plan's reasoning)")
+    p.add_argument("--balance", default="full", choices=["full", "sqrt"],
+                   help="grow minority classes to the largest (full, default) or to the geometric mean of their "
+                        "count and the largest (sqrt: square-root balancing, half the prior shift)")
     p.add_argument("--workers", type=int, default=0, help="decoding workers for property computation")
     add_task(p)
     add_device(p)
@@ -59,8 +63,16 @@ def run(args) -> int:
         target_table = compute_properties(open_dataset(args.target, task="unlabeled"), workers=args.workers, device=args.device)
         drift_rows = property_drift(table, target_table)
     symmetries = tuple(s.strip() for s in args.symmetries.split(",") if s.strip())
+    orientation = None
+    if "rot90" in symmetries:  # is a quarter turn a symmetry of the data, not only of the labels?
+        import numpy as np
+
+        from shiftkit.analysis.symmetry import orientation_log_ratio
+
+        orientation = np.array([orientation_log_ratio(s.image) for s in ds.iter_samples(on_error="skip")])
     try:
-        plan = recommend_plan(sens, table, symmetries, target_table, drift_rows)
+        plan = recommend_plan(sens, table, symmetries, target_table, drift_rows, balance=args.balance,
+                              orientation=orientation)
     except ValueError as exc:
         raise ShiftkitError(str(exc), None, "--symmetries takes hflip, vflip, rot90") from None
     figures = out / "figures"
