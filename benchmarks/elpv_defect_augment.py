@@ -189,7 +189,7 @@ def roc_auc(score, positive) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    uniq, inv, cnt = np.unique(score, return_inverse=True, return_counts=True)
+    _, inv, cnt = np.unique(score, return_inverse=True, return_counts=True)
     ranks = (np.cumsum(cnt) - (cnt - 1) / 2.0)[inv]  # 1-based ranks, ties averaged
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

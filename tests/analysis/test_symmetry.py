@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
 
-from shiftkit.analysis.symmetry import check_symmetries, ks_statistic, orientation_log_ratio
+from shiftkit.analysis.symmetry import (
+    check_symmetries,
+    ks_statistic,
+    orientation_log_ratio,
+)
 
 
 def _stripes(vertical: bool, seed: int = 0, size: int = 64) -> np.ndarray:

@@ -13,7 +13,7 @@ this test cannot judge them; they are kept as declared.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def check_symmetries(symmetries: Iterable[str], log_ratios: np.ndarray | None,
     what = (f"rot90: orientation log ratio log(E|d/dx| / E|d/dy|) of the {a.size} training images has median "
             f"{med:+.3f}; a quarter turn negates it, KS(a, -a) = {ks:.2f}")
     if ks >= ks_threshold:
-        return tuple(s for s in syms if s != "rot90"), [
-            f"{what} >= {ks_threshold}: turned images lie off the data's distribution (a turn would become a class "
-            f"cue when only some classes get it), so rot90 is dropped from the plan"]
+        why = (f"{what} >= {ks_threshold}: turned images lie off the data's distribution (a turn would become a "
+               f"class cue when only some classes get it), so rot90 is dropped from the plan")
+        return tuple(s for s in syms if s != "rot90"), [why]
     return syms, [f"{what} < {ks_threshold}: the data has no preferred orientation, rot90 kept"]
