@@ -207,3 +207,26 @@ def test_class_weights_enter_the_supervised_loss():
     assert loss.item() == pytest.approx(seg_cross_entropy(z, b["source"]["y"], weight=torch.tensor([0.5, 2.0, 1.0])).item(), rel=1e-5)
     with pytest.raises(ShiftkitError):
         build_seg_method("minent", class_weights=[1.0, -1.0])
+
+
+@pytest.mark.parametrize("st_class_weights", [False, True])
+def test_fda_st_pseudo_label_loss_is_unweighted_unless_asked(st_class_weights):
+    """FDA's self-training CE is plain (the paper); class weights meant for labelled masks apply only on request."""
+    from shiftkit.adapt.seg_losses import seg_cross_entropy
+
+    w = torch.tensor([0.5, 2.0, 1.0])
+    model, m, _, _ = _setup("fda-st", class_weights=w.tolist(), st_class_weights=st_class_weights, lambda_st=1.0,
+                              lambda_ent=0.0)
+    m.pseudo = torch.randint(0, C, (6, S, S), dtype=torch.uint8)
+    m.pseudo[:, 0, :] = 255
+    b = _batch()
+    model.eval()  # BatchNorm on running statistics: the target logits do not depend on the batch's source half
+    losses = m.phases(model, b, StepInfo(2, 0, 4))[0].resolve()
+    assert m.config()["st_class_weights"] is st_class_weights
+    with torch.no_grad():
+        z = levels(model, b["target"]["x"])[0]
+    yt = m.pseudo[b["target"]["index"]].long()
+    plain = seg_cross_entropy(z, yt).item()
+    weighted = seg_cross_entropy(z, yt, weight=w).item()
+    assert plain != pytest.approx(weighted, rel=1e-3)
+    assert losses["st"].item() == pytest.approx(weighted if st_class_weights else plain, rel=1e-3)

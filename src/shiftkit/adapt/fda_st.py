@@ -9,7 +9,9 @@ entropy term on target predictions once `ent_start` of training has passed (FDA'
 Stage 2 (self-training, from `st_start` of training on, or from the start with `teachers`):
 pseudo labels y^ = argmax p over the whole target set, kept where max p >= t_c with FDA's class-wise
 thresholds t_c = min(median confidence of pixels predicted c, 0.9) (`classwise_thresholds`);
-    L += lambda_st CE(G(x_t), y^)   (ignored pixels: 255).
+    L += lambda_st CE(G(x_t), y^)   (ignored pixels: 255; unweighted as in the paper: the class-wise
+    thresholds already balance the classes, and `class_weights` (meant for the labelled masks) would
+    multiply any foreground over-prediction of the pseudo labels; `st_class_weights=True` applies them).
 p comes from the current model, or the mean softmax of `teachers` (checkpoints, e.g. FDA models
 trained with beta 0.01, 0.05, 0.09: the paper's multi-band transfer ensemble, FDA-MBT).
 """
@@ -69,13 +71,14 @@ def predict_stream(models: Sequence[nn.Module], dataset, device: torch.device | 
 
 class FDASelfTraining(SegMethod):
     """See the module doc. Options: beta, lambda_ent, eta, ent_start, self_training, st_start, lambda_st,
-    st_quantile, st_cap, teachers (checkpoint paths or modules)."""
+    st_quantile, st_cap, st_class_weights, teachers (checkpoint paths or modules)."""
 
     name = "fda-st"
 
     def __init__(self, beta: float = 0.01, lambda_ent: float = 0.005, eta: float = 2.0, ent_start: float = 1 / 3,
                  self_training: bool = True, st_start: float = 0.5, lambda_st: float = 1.0, st_quantile: float = 0.5,
-                 st_cap: float = 0.9, teachers: Sequence[Any] | None = None, multi_level: bool = True,
+                 st_cap: float = 0.9, teachers: Sequence[Any] | None = None, st_class_weights: bool = False,
+                 multi_level: bool = True,
                  lambda_seg_aux: float = 0.1, ignore_index: int = IGNORE_INDEX, class_weights=None):
         super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level, ignore_index=ignore_index,
                          class_weights=class_weights)
@@ -93,6 +96,7 @@ class FDASelfTraining(SegMethod):
         self.self_training, self.st_start = bool(self_training), float(st_start)
         self.lambda_st = _check_weight("lambda_st", lambda_st)
         self.st_quantile, self.st_cap = float(st_quantile), float(st_cap)
+        self.st_class_weights = bool(st_class_weights)
         if isinstance(teachers, (str, bytes)):
             teachers = [t for t in str(teachers).split(",") if t]
         self.teachers = list(teachers or [])
@@ -165,7 +169,8 @@ class FDASelfTraining(SegMethod):
             yt = self.pseudo[idx.cpu()].to(xt.device).long()
             if yt.shape[-2:] != outs_t[0].shape[-2:]:
                 raise ShiftkitError(f"pseudo labels {tuple(yt.shape[-2:])} do not match predictions {tuple(outs_t[0].shape[-2:])}")
-            losses["st"] = self.lambda_st * seg_cross_entropy(outs_t[0], yt, IGNORE_INDEX, self._weight(outs_t[0]))
+            w = self._weight(outs_t[0]) if self.st_class_weights else None
+            losses["st"] = self.lambda_st * seg_cross_entropy(outs_t[0], yt, IGNORE_INDEX, w)
             logs["st_kept"] = float((yt != IGNORE_INDEX).float().mean())
         return [Phase(losses, ("model",), logs)]
 
@@ -183,6 +188,7 @@ class FDASelfTraining(SegMethod):
         return {**super().config(), "beta": self.beta, "lambda_ent": self.lambda_ent, "eta": self.eta,
                 "ent_start": self.ent_start, "self_training": self.self_training, "st_start": self.st_start,
                 "lambda_st": self.lambda_st, "st_quantile": self.st_quantile, "st_cap": self.st_cap,
+                "st_class_weights": self.st_class_weights,
                 "teachers": [t if isinstance(t, str) else type(t).__name__ for t in self.teachers]}
 
 
