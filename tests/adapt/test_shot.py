@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from shiftkit.adapt.shot import Shot, centroid_pseudo_labels, shot_loss
+from shiftkit.adapt.shot import (
+    Shot,
+    ShotSelfTrain,
+    centroid_pseudo_labels,
+    random_affine,
+    shot_loss,
+)
 from shiftkit.data import Sample, Task
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.ccexam import build
-
 
 
 def test_centroids_fix_a_wrong_prediction_on_a_2d_toy():
@@ -101,6 +106,53 @@ def test_method_bad_arguments():
         Shot().freeze_head(torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="on_epoch_start"):
         Shot().losses(torch.zeros(2, 3, requires_grad=True), torch.arange(2))
+
+
+def test_pre_relu_features_and_no_feature_dropout():
+    """The clustered features are the bottleneck's pre-ReLU output (the official code clusters netB's
+    Linear+BN output); the feature path's dropout is off while adapting, the head stays frozen/eval."""
+    torch.manual_seed(0)
+    model = build("svhn_net", input_size=8, num_classes=3)
+    shot = Shot()
+    shot.freeze_head(model)
+    relu = shot.pre_activation_module(model)
+    assert relu is model.classifier[2]
+    x = torch.rand(5, 3, 8, 8)
+
+    class _Eng:  # what on_epoch_start asks of the engine
+        def __init__(self, m):
+            self.model = m
+
+        def infer(self, stream):
+            self.model.eval()
+            with torch.no_grad():
+                f, z = self.model.forward_features(x)
+            return {"features": f, "probs": torch.softmax(z, 1), "index": torch.arange(5)}
+
+        def stream_size(self, stream):
+            return 5
+
+    seen = {}
+    orig = shot.relabel
+    shot.relabel = lambda f, p, i, n: seen.setdefault("f", f) is not None and orig(f, p, i, n)
+    shot.on_epoch_start(_Eng(model))
+    model.eval()
+    with torch.no_grad():
+        pre = model.classifier[1](model.features(model.prepare(x)).flatten(1))
+    assert torch.allclose(seen["f"], pre, atol=1e-5) and (pre < 0).any()  # not the ReLU output
+    assert shot.pseudo_labels.shape == (5,)
+    assert not relu._forward_pre_hooks  # the hook is removed
+    model.train()
+    shot.set_train_modes(model)
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and not any(m.training for m in drops) and not any(m.training for m in model.head)
+    assert model.features[0][1].training  # batch norm still adapts its statistics
+    Shot(feature_dropout=True).set_train_modes(model.train())
+    assert model.classifier[0].training
+    out = Shot(cluster_features="output")
+    assert out.config()["cluster_features"] == "output"
+    with pytest.raises(ShiftkitError, match="cluster_features"):
+        Shot(cluster_features="conv")
 
 
 class _Digits:
@@ -205,3 +257,32 @@ def test_cli_has_no_source_option_and_takes_das3(tmp_path, capsys):
     assert e.value.code == 2 and "--source" in capsys.readouterr().err
     assert main(["adapt", "--model", "m.pth", "--target", "t", "--method", "das3", "--out", str(tmp_path / "o")]) == 2
     assert "--arch" in capsys.readouterr().err  # das3 is known: the error is about the model file
+
+
+def test_selftrain_confident_labels_and_augmentation():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.05, 0.95]])
+    # class 0 predicted 3 times (keep the most certain 2 of 3 at fraction 0.5 -> round(1.5) = 2), class 1 twice (1)
+    assert ShotSelfTrain.confident_labels(probs, 0.5).tolist() == [0, -1, 0, -1, 1]
+    assert ShotSelfTrain.confident_labels(probs, 1.0).tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(ShiftkitError, match="confident_fraction"):
+        ShotSelfTrain(confident_fraction=0)
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    y = random_affine(x)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    assert torch.allclose(random_affine(x, degrees=0, scale=0, translate=0), x, atol=1e-5)
+
+
+def test_selftrain_run_through_the_engine(tmp_path):
+    from shiftkit.adapt.sourcefree import adapt
+
+    torch.manual_seed(0)
+    model = build("svhn_net", input_size=8, num_classes=2)
+    head_before = [p.detach().clone() for p in model.head.parameters()]
+    method = ShotSelfTrain(confident_fraction=0.5)
+    m = adapt(model, _Digits(24, 1, False, 0.2), method=method, out=tmp_path / "st",
+              epochs=2, batch_size=8, seed=0, device="cpu", progress=False)
+    assert m["method"] == "shot_selftrain" and m["uses_target_labels"] is False
+    labels = method.pseudo_labels
+    assert labels.shape == (24,) and int((labels >= 0).sum()) in range(10, 15)  # about half kept
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))

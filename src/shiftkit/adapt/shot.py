@@ -8,7 +8,12 @@ on unlabeled target images, so that target features fit the source hypothesis:
     L_pl  = mean_i CE(p_i, y^_i)                           (self-supervised pseudo labels)
 
 Pseudo labels y^ come from class centroids in feature space, recomputed over the whole target
-set at the start of every epoch (`centroid_pseudo_labels`). Paper settings: beta = 0.3, SGD lr 0.01
+set at the start of every epoch (`centroid_pseudo_labels`). As in the official code (obtain_label
+clusters netB's output: Linear + BN, no ReLU), the clustered features are the bottleneck's output
+*before* its last ReLU (`cluster_features="pre_relu"`, read by a hook; the head still sees the
+post-ReLU features), and the feature path runs without dropout while adapting
+(`feature_dropout=False`: the paper's bottleneck has none; the ccexam SVHNNet has Dropout(0.3)
+in front of its 2048 -> 256 layer). Paper settings: beta = 0.3, SGD lr 0.01
 momentum 0.9 (Nesterov), weight decay 5e-4, lr_t = lr * (1 + 10 p)^-0.75, batch 64.
 """
 
@@ -113,6 +118,8 @@ class Shot(Method):
         diversity_weight: float = 1.0,
         refine_rounds: int = 1,
         label_threshold: int = 0,
+        cluster_features: str = "pre_relu",
+        feature_dropout: bool = False,
     ):
         if beta < 0 or im_weight < 0 or diversity_weight < 0:
             raise ShiftkitError(f"SHOT weights must be >= 0, got beta={beta} im_weight={im_weight} diversity_weight={diversity_weight}")
@@ -120,6 +127,9 @@ class Shot(Method):
             raise ShiftkitError(f"refine_rounds must be >= 0, got {refine_rounds}")
         self.beta, self.im_weight, self.diversity_weight = float(beta), float(im_weight), float(diversity_weight)
         self.refine_rounds, self.label_threshold = int(refine_rounds), int(label_threshold)
+        if cluster_features not in ("pre_relu", "output"):
+            raise ShiftkitError(f"cluster_features must be 'pre_relu' or 'output', got {cluster_features!r}")
+        self.cluster_features, self.feature_dropout = cluster_features, bool(feature_dropout)
         self.pseudo_labels: torch.Tensor | None = None  # (N_target,), -1 = not labelled (unreadable image)
         self.head: nn.Module | None = None
 
@@ -127,7 +137,8 @@ class Shot(Method):
         return {
             "name": self.name, "streams": list(self.streams), "beta": self.beta, "im_weight": self.im_weight,
             "diversity_weight": self.diversity_weight, "refine_rounds": self.refine_rounds,
-            "label_threshold": self.label_threshold,
+            "label_threshold": self.label_threshold, "cluster_features": self.cluster_features,
+            "feature_dropout": self.feature_dropout,
         }
 
     @staticmethod
@@ -148,10 +159,40 @@ class Shot(Method):
     def setup(self, engine: Any) -> None:
         self.freeze_head(engine.model)
 
+    @staticmethod
+    def pre_activation_module(model: nn.Module) -> nn.Module | None:
+        """The last ReLU of `model.bottleneck` (its input is the pre-ReLU bottleneck feature), or None."""
+        bottleneck = getattr(model, "bottleneck", None)
+        if not isinstance(bottleneck, nn.Module):
+            return None
+        relus = [m for m in bottleneck.modules() if isinstance(m, nn.ReLU)]
+        return relus[-1] if relus else None
+
     def on_epoch_start(self, engine: Any) -> None:
         """Relabel the whole target set from its eval-mode features and predictions."""
-        r = engine.infer("target")
-        self.relabel(r["features"], r["probs"], r["index"], engine.stream_size("target"))
+        relu = self.pre_activation_module(engine.model) if self.cluster_features == "pre_relu" else None
+        captured: list[torch.Tensor] = []
+        handle = None
+        if relu is not None:  # the input of an inplace ReLU: copied before the ReLU overwrites it
+            handle = relu.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach().float().cpu().clone()))
+        try:
+            r = engine.infer("target")
+        finally:
+            if handle is not None:
+                handle.remove()
+        feats = torch.cat(captured) if captured else r["features"]
+        if feats.shape[0] != r["probs"].shape[0]:
+            raise RuntimeError(f"SHOT: {feats.shape[0]} pre-ReLU features for {r['probs'].shape[0]} predictions")
+        self.relabel(feats, r["probs"], r["index"], engine.stream_size("target"))
+
+    def set_train_modes(self, net: nn.Module) -> None:
+        """Head frozen in eval mode; with `feature_dropout=False` every Dropout outside the head too."""
+        if self.head is not None:
+            self.head.eval()  # frozen: no dropout, no statistics updates
+        if not self.feature_dropout:
+            for m in net.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.eval()
 
     def relabel(self, features: torch.Tensor, probs: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
         labels, _ = centroid_pseudo_labels(features, probs, self.refine_rounds, self.label_threshold)
@@ -174,8 +215,7 @@ class Shot(Method):
         return losses, logs
 
     def phases(self, net: nn.Module, batch: dict, step: StepInfo) -> list[Phase]:
-        if self.head is not None:
-            self.head.eval()  # frozen: no dropout, no statistics updates
+        self.set_train_modes(net)
         t = batch["target"]
         _, logits = net(t["x"])
         losses, logs = self.losses(logits, t.get("index"))
@@ -188,4 +228,81 @@ class Shot(Method):
         self.pseudo_labels = state.get("pseudo_labels")
 
 
-__all__ = ["Shot", "centroid_pseudo_labels", "shot_loss"]
+def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: float = 0.1, translate: float = 0.1) -> torch.Tensor:
+    """Random rotation (+-degrees), isotropic scale (1 +- scale) and shift (+-translate of the half
+    size) per image, bilinear, zeros outside (the digits' background after [0, 1] scaling)."""
+    n = x.shape[0]
+    ang = (torch.rand(n, device=x.device) * 2 - 1) * (degrees * torch.pi / 180.0)
+    sc = 1.0 + (torch.rand(n, device=x.device) * 2 - 1) * scale
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = sc * torch.cos(ang), -sc * torch.sin(ang)
+    theta[:, 1, 0], theta[:, 1, 1] = sc * torch.sin(ang), sc * torch.cos(ang)
+    theta[:, :, 2] = (torch.rand(n, 2, device=x.device, dtype=x.dtype) * 2 - 1) * translate
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class ShotSelfTrain(Shot):
+    """A second source-free stage in the spirit of SHOT++ (Liang et al., TPAMI 2021): self-training
+    on the confident part of the adapted model's own predictions, with augmentation.
+
+    Before the first step the (stage-1) model labels the target set once; per predicted class the
+    `confident_fraction` with the lowest prediction entropy keep their label, the rest get -1. Each
+    step: CE of the augmented (random affine) target batch on those fixed labels, plus information
+    maximisation on the plain batch. Head frozen, no dropout in the feature path, as in `Shot`.
+    """
+
+    name = "shot_selftrain"
+
+    def __init__(self, confident_fraction: float = 0.5, ce_weight: float = 1.0, im_weight: float = 1.0,
+                 augment: bool = True, feature_dropout: bool = False):
+        super().__init__(beta=ce_weight, im_weight=im_weight, feature_dropout=feature_dropout)
+        if not 0.0 < float(confident_fraction) <= 1.0:
+            raise ShiftkitError(f"confident_fraction must be in (0, 1], got {confident_fraction}")
+        self.confident_fraction, self.augment = float(confident_fraction), bool(augment)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "streams": list(self.streams), "confident_fraction": self.confident_fraction,
+                "ce_weight": self.beta, "im_weight": self.im_weight, "augment": self.augment,
+                "feature_dropout": self.feature_dropout}
+
+    @staticmethod
+    def confident_labels(probs: torch.Tensor, fraction: float) -> torch.Tensor:
+        """argmax labels where the entropy is among the lowest `fraction` of its predicted class, else -1."""
+        pred = probs.argmax(1)
+        ent = entropy(probs.double())
+        out = torch.full_like(pred, -1)
+        for k in pred.unique():
+            idx = torch.nonzero(pred == k).flatten()
+            keep = idx[ent[idx].argsort()[: max(1, round(fraction * len(idx)))]]
+            out[keep] = k
+        return out
+
+    def on_epoch_start(self, engine: Any) -> None:
+        if self.pseudo_labels is not None:  # fixed from the incoming model (and restored on resume)
+            return
+        r = engine.infer("target")
+        full = torch.full((engine.stream_size("target"),), -1, dtype=torch.long)
+        full[r["index"].long()] = self.confident_labels(r["probs"], self.confident_fraction).cpu()
+        self.pseudo_labels = full
+
+    def phases(self, net: nn.Module, batch: dict, step: StepInfo) -> list[Phase]:
+        self.set_train_modes(net)
+        t = batch["target"]
+        if self.pseudo_labels is None or t.get("index") is None:
+            raise RuntimeError("ShotSelfTrain: on_epoch_start (pseudo labels) must run before the first step")
+        _, logits = net(t["x"])
+        losses = {"im": self.im_weight * information_maximization(logits, diversity_weight=self.diversity_weight)}
+        y = self.pseudo_labels.to(logits.device)[t["index"].to(logits.device)]
+        if bool((y >= 0).any()):
+            _, z_aug = net(random_affine(t["x"]) if self.augment else t["x"])
+            losses["pl"] = self.beta * cross_entropy(z_aug, y, ignore_index=-1)
+        else:
+            losses["pl"] = logits.sum() * 0
+        with torch.no_grad():
+            p = F.softmax(logits.float(), dim=1)
+            logs = {"ent": float(entropy(p).mean()), "div": float(entropy(p.mean(0), dim=0))}
+        return [Phase(losses, ("model",), logs)]
+
+
+__all__ = ["Shot", "ShotSelfTrain", "centroid_pseudo_labels", "random_affine", "shot_loss"]
