@@ -19,6 +19,9 @@ the phase's summed losses, step the phase's parameter groups).
 
     python benchmarks/digit_scenes.py --seeds 0 1 2            # the full benchmark
     python benchmarks/digit_scenes.py --seeds 0 --steps 100    # a reduced run (marked as such)
+
+The source-free rows (das3 from the source-only models saved here, no source data; ablation per stage) come from
+benchmarks/digit_scenes_sourcefree.py, which reuses this file's data loading and scoring and adds its rows to the result.
 """
 
 from __future__ import annotations

@@ -227,6 +227,21 @@ def test_stage1_freezes_the_classifier_and_trains_the_rest():
     assert all(p.requires_grad for p in heads)
 
 
+def test_stage1_hard_prior_is_the_argmax_share_of_the_start_model():
+    m = Das3Align(prior_from="hard", prior_smoothing=0.2)
+    model, eng = _setup(m)
+    x = torch.stack([eng.streams["target"][i]["x"] for i in range(len(eng.streams["target"]))])
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(1).flatten()
+    share = torch.bincount(pred, minlength=C).double() / pred.numel()
+    want = 0.8 * share + 0.2 / C
+    assert torch.allclose(m.prior.double(), want / want.sum(), atol=1e-6)
+    assert m.config()["prior_from"] == "hard"
+    with pytest.raises(ShiftkitError, match="prior_from"):
+        Das3Align(prior_from="median")
+
+
 def test_stage2_trains_the_model_against_a_frozen_teacher():
     m = Das3SelfTrain(top_k=0.5, tau=0.3)  # tau 0.3 so a 2-class toy has negatives
     model, _ = _setup(m)

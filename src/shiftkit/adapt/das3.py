@@ -14,7 +14,9 @@ e_p = H(p_p) / log C (normalised entropy, in [0, 1]), P the pixels of a batch.
                          w_p = alpha if e_p < certain (a certain pixel) else 1 - alpha;
    weighted diversity    L_wdiv = sum_c qbar_c log(qbar_c / pi_c) = -H(qbar) + sum_c qbar_c (-log pi_c),
                          qbar_c = (1/|P|) sum_p p_pc, pi = (1 - s) pi0 + s / C,
-   pi0 the mean prediction of the starting model over the whole target set (or a given prior).
+   pi0 the mean prediction of the starting model over the whole target set (or a given prior):
+   its mean probabilities (prior_from="soft", the default) or its argmax class shares ("hard"; an
+   uncertain start model's soft mean overstates the rare classes, see B5's source-free rows).
    With pi uniform L_wdiv = log C - H(qbar), the classic diversity term; the weights -log pi_c
    keep the predicted class distribution where it started instead of collapsing onto easy classes.
 2. Bidirectional self-training (`Das3SelfTrain`), labels from the frozen stage-1 model (teacher):
@@ -258,9 +260,9 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _whole_target(engine: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Over every decodable target image, eval mode: (sum of p over pixels (C,), pixel count, mean entropy
-    per image (N,) with NaN for undecodable images)."""
+def _whole_target(engine: Any, model: nn.Module, hard: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Over every decodable target image, eval mode: (sum of p over pixels (C,) -- with hard=True the
+    one-hot argmax counts instead --, pixel count, mean entropy per image (N,) with NaN for undecodable images)."""
     from shiftkit.train.seg_data import seg_batches
 
     ds = engine.streams["target"]
@@ -276,7 +278,10 @@ def _whole_target(engine: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Te
             x = b["x"].to(getattr(engine, "device", "cpu"))
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
             p = F.softmax(levels(model, x, False)[0].float(), dim=1)
-            s = p.sum(dim=(0, 2, 3)).double().cpu()
+            if hard:
+                s = torch.bincount(p.argmax(1).flatten().cpu(), minlength=p.shape[1]).double()
+            else:
+                s = p.sum(dim=(0, 2, 3)).double().cpu()
             psum = s if psum is None else psum + s
             npx += p.shape[0] * p.shape[2] * p.shape[3]
             scores[b["index"]] = image_entropy(p).double().cpu()
@@ -324,8 +329,13 @@ class Das3Align(_Das3Stage):
     stage = 1
 
     def __init__(self, alpha: float = 0.5, gamma: float = 2.0, certain: float = 0.5, lambda_ent: float = 1.0,
-                 lambda_div: float = 1.0, prior: Any = None, prior_smoothing: float = 0.1, ignore_index: int = IGNORE_INDEX):
+                 lambda_div: float = 1.0, prior: Any = None, prior_smoothing: float = 0.1, prior_from: str = "soft",
+                 ignore_index: int = IGNORE_INDEX):
         super().__init__(ignore_index)
+        if prior_from not in ("soft", "hard"):
+            raise ShiftkitError(f"prior_from must be soft or hard, got {prior_from!r}", None,
+                                "soft: mean probabilities of the starting model; hard: its argmax class shares")
+        self.prior_from = prior_from
         if not 0.0 <= float(alpha) <= 1.0:
             raise ShiftkitError(f"alpha must be in [0, 1], got {alpha}", None, "e.g. alpha 0.5 (equal weights)")
         if not float(gamma) >= 0:
@@ -360,7 +370,7 @@ class Das3Align(_Das3Stage):
                 raise ShiftkitError(f"prior has {len(self.given_prior)} values for {c} classes", None, "give one ratio per class")
             self.prior = smoothed_prior(torch.tensor(self.given_prior), self.prior_smoothing)
         elif self.lambda_div > 0 and self.prior is None:
-            psum, npx, _ = _whole_target(engine, engine.model)
+            psum, npx, _ = _whole_target(engine, engine.model, hard=self.prior_from == "hard")
             self.prior = smoothed_prior(psum / max(1, int(npx)), self.prior_smoothing)
             _log(engine, {"event": "das3_prior", "prior": [round(float(v), 5) for v in self.prior]})
 
@@ -390,7 +400,7 @@ class Das3Align(_Das3Stage):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha, "gamma": self.gamma, "certain": self.certain,
                 "lambda_ent": self.lambda_ent, "lambda_div": self.lambda_div, "prior": self.given_prior,
-                "prior_smoothing": self.prior_smoothing}
+                "prior_smoothing": self.prior_smoothing, "prior_from": self.prior_from}
 
 
 class Das3SelfTrain(_Das3Stage):

@@ -1,0 +1,277 @@
+"""B5 digit-scenes, source-free rows: DAS3 from each seed's stored source-only model, no source data.
+
+Starts from the source-only models that `benchmarks/digit_scenes.py` saved (plain U-Net state_dicts,
+`--models DIR/source-only-seed<s>.pt`; their target-test mIoU is re-scored first and must match the
+B5 result's source-only row, so the rows below start from exactly those models). Each model is
+wrapped as a shiftkit segmentation model (its `spec` rebuilds it from the engine's checkpoints) and
+adapted by `shiftkit.adapt.sourcefree.adapt(..., method="das3")`: three stages, each an engine run
+on the unlabeled target-train images only (the 32 px uint8 tensors of digit_scenes.py's cache, with
+no masks; no source image or mask is read). Each stage keeps its label-free best epoch (information
+maximisation over target-train pixels). Target-test masks only score, after the run, with
+digit_scenes.py's `evaluate_models`, each stage's selected checkpoint separately: the ablation rows
+"das3 stage 1", "das3 stages 1-2", "das3 stages 1-3" (the same chain, read after each stage).
+
+Settings, fixed a priori (never tuned on target-test or target-train masks): the package's DAS3
+defaults (AdamW lr 1e-4, no weight decay, cosine, per-stage losses as in shiftkit.adapt.das3) with
+B5's batch of 16; 4 epochs of 250 steps per stage (the 2000 steps of a B5 row, x1.5, split over 3 stages).
+
+A second, post-hoc variant (`--variant hard-prior`, see VARIANTS) only changes where stage 1's diversity prior
+comes from; its rows carry "(hard-prior)" and are kept beside the a priori rows.
+
+    python benchmarks/digit_scenes_sourcefree.py --data runs/h2/digit-scenes --seeds 0 1 2
+    python benchmarks/digit_scenes_sourcefree.py --data runs/h2/digit-scenes --seeds 0 1 2 --variant hard-prior
+    (add --resume to re-score finished stages from --out without training)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, Row, Timer, dump, prepare_data, result, table, write_result
+from digit_scenes import (
+    NAME,
+    evaluate_models,
+    load_tensors,
+    make_model,
+    target_train_stats,
+)
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+ROWS = {1: "das3 stage 1", 2: "das3 stages 1-2", 3: "das3 stages 1-3"}
+# "default": the a priori settings (shiftkit's DAS3 defaults). "hard-prior": stage 1's diversity prior from the start
+# model's argmax class shares on target-train instead of its mean probabilities -- added after the default run, from a
+# mask-free target-train statistic (the default prior put 39% of the mass on digits while the start model predicts
+# digits on 25-27% of the pixels, and stage 1 then raised that share to 32-37%); it was also run after that run's
+# target-test scores were seen, so it is a post-hoc variant, reported beside the a priori rows, not instead of them.
+VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "hard-prior": {"stage1": {"prior_from": "hard"}}}
+
+
+class TargetImages:
+    """Unlabeled in-memory target images in the data layer's sample shape (`.image` HxWxC uint8, no target)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x  # uint8 (N, 3, S, S)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> SimpleNamespace:
+        return SimpleNamespace(image=np.ascontiguousarray(self.x[i].permute(1, 2, 0).numpy()), target=None,
+                               path=f"target-train/{i}")
+
+    def paths(self) -> list[str]:
+        return [f"target-train/{i}" for i in range(len(self.x))]
+
+
+def load_source_only(path: Path, classes: list[str], base: int) -> torch.nn.Module:
+    """A digit_scenes.py source-only model (a plain state_dict of its U-Net) as a shiftkit segmentation model."""
+    net = make_model(len(classes), base)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"{path}: keys do not fit U-Net base {base} (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    net.classes = list(classes)
+    return net.eval()
+
+
+def run_seed(seed: int, a: argparse.Namespace, data: dict, reference: dict[int, float]) -> dict[str, Any]:
+    from shiftkit.adapt.sourcefree import adapt
+    from shiftkit.train import checkpoint as ckpt
+
+    classes = data["classes"]
+    model = load_source_only(Path(a.models) / f"source-only-seed{seed}.pt", classes, a.base)
+    start = evaluate_models([model], data["target-test"], classes)
+    if seed in reference and abs(start["miou"] - reference[seed]) > 1e-6:
+        raise SystemExit(f"seed {seed}: stored source-only model scores {start['miou']:.6f}, the B5 row says {reference[seed]:.6f}")
+    out = Path(a.out) / (f"seed{seed}" if a.variant == "default" else f"{a.variant}-seed{seed}")
+    settings = {"epochs": a.epochs, "iters_per_epoch": a.iters, "batch_size": a.batch, "lr": a.lr, "size": a.size, "seed": seed,
+                "device": "cpu", "progress": False, "log_every": 50, "eval_batch_size": 500, "resume": a.resume}
+    torch.manual_seed(seed)
+    with Timer() as t:
+        r = adapt(model, TargetImages(data["target"]["x"]), method="das3", out=out,
+                  method_options=VARIANTS[a.variant], **settings)
+    stages = {}
+    for k in (1, 2, 3):
+        s = r["stages"][str(k)]
+        net, _, _ = ckpt.load_model(Path(s["out"]) / "checkpoints" / "best.safetensors")
+        with Timer() as te:
+            met = evaluate_models([net], data["target-test"], classes)
+        stages[k] = {"metrics": met, "wall_s": s.get("wall_s"), "score_s": round(te.wall, 2),
+                     "selected_epoch": s.get("selected_epoch"), "select_im": s.get("selected", {}).get("select_im"),
+                     "target_train_unlabelled": target_train_stats(net, data["target"]["x"], data["source"]["y"], len(classes))}
+        print(f"seed {seed} {ROWS[k]}: miou {met['miou']:.4f} (stage wall {s.get('wall_s')} s, epoch {s.get('selected_epoch')})",
+              file=sys.stderr, flush=True)
+    return {"seed": seed, "start": start, "stages": stages, "wall_s": t.wall, "cpu_s": t.cpu, "config": r.get("config")}
+
+
+def b5_reference(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    res = json.loads(path.read_text())
+    out = {}
+    for row in res.get("rows", []):
+        if row.get("method") in ("source-only", "advent", "oracle"):
+            out[row["method"]] = {"median": row["metrics"]["miou"]["median"],
+                                  "per_seed": {p["seed"]: p["metrics"]["miou"] for p in row.get("per_seed", [])}}
+    return out
+
+
+def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per row (from the per-seed figures): median background IoU, median mean IoU over the 10 digit classes and the
+    label-free share of target-train pixels predicted as a digit (the source-only models predict digits on 25-27%)."""
+    per = {}
+    for row in rows:
+        seeds = row.get("per_seed", [])
+        if not seeds:
+            continue
+        per[row["method"]] = {
+            "background_iou_median": round(statistics.median(p["metrics"].get("iou_background") or 0.0 for p in seeds), 4),
+            "digit_miou_median": round(statistics.median(
+                statistics.fmean(p["metrics"].get(f"iou_{d}") or 0.0 for d in range(10)) for p in seeds), 4),
+            "target_train_predicted_digit_share": [p["target_train_unlabelled"]["predicted_digit_share"] for p in seeds]}
+    notes = [
+        ("Stage 1's weighted diversity term pulls the batch-mean prediction towards its prior. With the default prior (the "
+        "start model's mean softmax over target-train, smoothed with 0.1 uniform) that prior puts 39-41% of the mass on "
+        "digit classes while the start model's argmax labels only 25-27% of the pixels as digits (its photo-texture false positives): stage 1 then "
+        "raises the digit share (label-free, 0.32-0.37) and background IoU falls, which is where the mIoU is lost; "
+        "stages 2 and 3 self-train on those labels and only recover a little."),
+        ("With the prior from the argmax shares (hard-prior, post hoc; still 32-34% digit mass after the smoothing) stage 1 "
+        "hurts less and stage 3 helps a little, but "
+        "no variant gets above the start model: nothing in the target-only losses tells the model that the texture it "
+        "labels as digits is background, which is what advent's source-vs-target discriminator does (its gain over "
+        "source-only is almost all background IoU, 0.93 vs 0.63)."),
+    ]
+    return {"per_row": per, "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DATA / NAME), help="digit-scenes folder (the one the source-only models were scored on)")
+    p.add_argument("--models", default=str(ROOT.parent / "runs" / "bench" / "digit_scenes_final"),
+                   help="folder with digit_scenes.py's source-only-seed<s>.pt")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--base", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4, help="epochs per DAS3 stage (label-free choice among them)")
+    p.add_argument("--iters", type=int, default=250, help="steps per epoch")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW lr (DAS3_DEFAULTS)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT.parent / "runs" / "bench" / "digit_scenes_sourcefree"))
+    p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    p.add_argument("--b5", default=str(RESULTS / "digit_scenes.json"), help="B5 result: reference rows; das3 rows merged into it")
+    p.add_argument("--no-merge", action="store_true", help="do not add the rows to the B5 result")
+    p.add_argument("--result", default=str(RESULTS / "digit_scenes_sourcefree.json"))
+    p.add_argument("--reduced", action="store_true")
+    p.add_argument("--variant", default="default", choices=list(VARIANTS), help="das3 options (see VARIANTS)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    data_dir = Path(a.data)
+    if not (data_dir / "target-test").is_dir():
+        prepare_data(NAME, data_dir, seed=0)
+    data = load_tensors(data_dir, a.size, False)
+    ref = b5_reference(Path(a.b5))
+    runs = [run_seed(s, a, data, ref.get("source-only", {}).get("per_seed", {})) for s in a.seeds]
+
+    note_start = ("starts from the stored B5 source-only model of each seed (" + a.models + "/source-only-seed<s>.pt; "
+                  "re-scored before adapting, equal to the source-only row); adapted on unlabeled target-train images only, "
+                  "no source data; label-free epoch choice per stage; target-test masks only score")
+    tag = "" if a.variant == "default" else f" ({a.variant})"
+    start = Row("das3" + tag + " start (source-only, re-scored)", False, notes="the stored source-only models, scored here; no training")
+    rows = {k: Row(ROWS[k] + tag, False, notes=note_start + (f"; chain of stages 1..{k}" if k > 1 else "")) for k in ROWS}
+    for r in runs:
+        start.add({"miou": r["start"]["miou"], "pixel_accuracy": r["start"]["pixel_accuracy"]}, 0.0)
+        cum_w = 0.0
+        prev = r["start"]["miou"]
+        for k in (1, 2, 3):
+            s = r["stages"][k]
+            cum_w += float(s["wall_s"] or 0.0)
+            rows[k].add({"miou": s["metrics"]["miou"], "pixel_accuracy": s["metrics"]["pixel_accuracy"],
+                         "gain_over_previous": s["metrics"]["miou"] - prev}, cum_w)
+            prev = s["metrics"]["miou"]
+            rows[k].extra.setdefault("per_seed", []).append(
+                {"seed": r["seed"], "metrics": s["metrics"], "stage_wall_s": s["wall_s"], "selected_epoch": s["selected_epoch"],
+                 "select_im": s["select_im"], "target_train_unlabelled": s["target_train_unlabelled"]})
+        rows[1].extra["stage"] = "implicit feature alignment (focal entropy + weighted diversity, classifier frozen)"
+        rows[2].extra["stage"] = "bidirectional self-training (category-level positive + negative pseudo labels)"
+        rows[3].extra["stage"] = "information propagation (easy 30% pseudo labels + ClassMix on hard images)"
+    for k in ROWS:
+        rows[k].extra["wall_note"] = "wall_s = cumulative adaptation wall of stages 1..k (excludes the 61 s source-only training)"
+    row_list = [start] + [rows[k] for k in (1, 2, 3)]
+    med = {k: statistics.median(rows[k].metrics["miou"]) for k in ROWS}
+    med0 = statistics.median(start.metrics["miou"])
+    verdict: dict[str, Any] = {
+        "variant": a.variant, "das3_options": VARIANTS[a.variant],
+        "start_source_only_miou": round(med0, 4),
+        "stage_medians": {ROWS[k]: round(med[k], 4) for k in ROWS},
+        "stage_gains_of_medians": {ROWS[1]: round(med[1] - med0, 4), ROWS[2]: round(med[2] - med[1], 4),
+                                   ROWS[3]: round(med[3] - med[2], 4)},
+    }
+    if "advent" in ref:
+        adv = ref["advent"]["median"]
+        verdict["advent_miou_with_source"] = round(adv, 4)
+        verdict["das3_reaches_advent"] = med[3] >= adv
+        verdict["best_das3_stage_reaches_advent"] = max(med.values()) >= adv
+    total = time.perf_counter() - t0
+    verdict["total_wall_s"] = round(total, 1)
+    if a.resume:
+        verdict["resumed"] = "finished stages reused from --out: total_wall_s is this invocation (scoring), the rows' wall_s the stored stage runs"
+    cfg = runs[0]["config"] if runs else {}
+    settings = {"start": note_start, "size": a.size, "model": f"U-Net base {a.base}, depth 3, aux (B5's source-only)",
+                "per_stage": {"epochs": a.epochs, "iters_per_epoch": a.iters, "batch": a.batch, "optimizer": f"AdamW lr {a.lr}, wd 0, cosine",
+                              "select": "label-free (IM over target-train pixels) among the stage's epochs"},
+                "das3_config": cfg, "threads": a.threads, "data": str(data_dir), "models": a.models,
+                "how_chosen": ("a priori: shiftkit's DAS3 defaults (losses, lr) and B5's batch; no run was tuned on "
+                               "target-test or target-train masks") if a.variant == "default" else
+                              ("post hoc: the default settings plus " + json.dumps(VARIANTS[a.variant]) + ", motivated by a "
+                               "mask-free target-train statistic but run after the default rows' target-test scores were "
+                               "seen (see VARIANTS); not tuned further"),
+                "target_label_use": "none in training or model choice; target-test masks score the selected checkpoints",
+                "reduced": bool(a.reduced)}
+    res = result(f"{NAME}-sourcefree", a.seeds, row_list, {"b5_reference_rows": {k: v["median"] for k, v in ref.items()}},
+                 {"metric": "miou", "das3_at_least_advent": True}, settings, verdict)
+    if a.reduced:
+        res["reduced"] = True
+    res = json.loads(json.dumps(res, default=str))
+    mine = {r["method"] for r in res["rows"]}
+    if Path(a.result).is_file():  # keep the other variants' rows and verdicts
+        old = json.loads(Path(a.result).read_text())
+        res["rows"] = [r for r in old.get("rows", []) if r["method"] not in mine and not (
+            a.variant == "default" and "(" not in r["method"])] + res["rows"]
+        res["variants"] = {**old.get("variants", {}), a.variant: {"verdict": verdict, "command": res["command"], "date": res["date"]}}
+    else:
+        res["variants"] = {a.variant: {"verdict": verdict, "command": res["command"], "date": res["date"]}}
+    if a.variant != "default" and Path(a.result).is_file():
+        res["verdict"], res["command"], res["settings"] = old.get("verdict", {}), old.get("command"), old.get("settings", {})
+        res["settings"][f"variant_{a.variant}"] = {"das3_options": VARIANTS[a.variant], "why": "see VARIANTS in the script"}
+    res["analysis"] = analyse(res["rows"])
+    path = write_result(res, a.result)
+    if not a.no_merge and Path(a.b5).is_file():
+        b5 = json.loads(Path(a.b5).read_text())
+        b5["rows"] = [r for r in b5["rows"] if r.get("method") not in mine]
+        for r in [r for r in res["rows"] if r["method"] in mine and "start" not in r["method"]]:
+            b5["rows"].append({**r, "source_free": True, "from": "benchmarks/digit_scenes_sourcefree.py (" + a.result.split("/")[-1] + ")"})
+        b5.setdefault("sourcefree", {})[a.variant] = {"command": " ".join(["python"] + sys.argv), "verdict": verdict,
+                                                    "settings": settings, "result": str(Path(a.result).name)}
+        write_result(b5, a.b5)
+    print(table(row_list, ["miou", "pixel_accuracy"]))
+    print(dump(verdict))
+    print(f"result: {path}  ({total:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
