@@ -13,7 +13,8 @@ policy in `functional`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,6 +115,11 @@ class TransferMethod:
             cache.popitem(last=False)
         return value
 
+    def _per_targets(self, targets: list[torch.Tensor], keys: list | None, tag: tuple, compute: Callable[[torch.Tensor], Any]) -> list:
+        """`compute(t)` for each paired target, memoised under (*tag, key) where the caller gave keys."""
+        keys = list(keys) if keys is not None else [None] * len(targets)
+        return [self._per_target(None if key is None else (*tag, key), lambda t=t: compute(t)) for t, key in zip(targets, keys)]
+
     def fit_target(self, batch: torch.Tensor) -> None:
         """Accumulate target-set statistics from one batch (no-op for purely paired methods)."""
 
@@ -156,15 +162,12 @@ class FDA(TransferMethod):
             return super().apply_uint8(src, targets)
         if targets is None or len(targets) != src.shape[0]:
             raise ValueError(f"fda styles each source image with a target image: got {0 if targets is None else len(targets)} for {src.shape[0]}")
-        keys = list(target_keys) if target_keys is not None else [None] * len(targets)
-
         def amplitude(t: torch.Tensor) -> torch.Tensor:
             t = t.reshape(1, *t.shape[-3:]).to(src.device)
             t = TF.match_channels(t.float() * (1.0 if t.dtype == torch.uint8 else 255.0), c)
             return TF.fda_window_amplitude(TF.resize_to(t, (h, w)), b)
 
-        amps = [self._per_target(None if key is None else ("fda", key, h, w, c, src.device), lambda t=t: amplitude(t))
-                for t, key in zip(targets, keys)]
+        amps = self._per_targets(targets, target_keys, ("fda", h, w, c, src.device), amplitude)
         y = TF.fda_with_amplitude(src.float(), torch.cat(amps), b)
         return y.clamp_(0, 255).round_().to(torch.uint8)
 
@@ -279,10 +282,7 @@ class HistogramMatching(_ReferenceMethod):
             # an RGB target for a gray source (luminance), or a float target
             return self.target_summary((t.float() / 255.0 if t.dtype == torch.uint8 else t)[None])[channels].numpy()
 
-        keys = list(keys) if keys is not None else [None] * len(targets)
-        out = np.stack([self._per_target(None if key is None else ("histogram", key, channels), lambda t=t: one(t))
-                        for t, key in zip(targets, keys)])
-        return torch.from_numpy(out)
+        return torch.from_numpy(np.stack(self._per_targets(targets, keys, ("histogram", channels), one)))
 
     def params(self):
         return {"reference": self.reference}

@@ -406,7 +406,8 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
         # Encoding (PNG/JPEG compression releases the GIL) runs on a thread beside the decode and
         # transfer of the next batch; samples are committed in submission order, so the output and
         # its journal are the same as a serial run's. At most two batches are in flight.
-        pool = ThreadPoolExecutor(max_workers=encode_threads()) if encode_threads() > 0 else None
+        n_threads = encode_threads()
+        pool = ThreadPoolExecutor(max_workers=n_threads) if n_threads > 0 else None
         pending: deque = deque()
 
         def commit(batch: tuple[int, list, list[dict], int]) -> None:

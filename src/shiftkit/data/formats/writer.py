@@ -232,6 +232,10 @@ class DatasetWriter:
             self._done[rel] = e
         return True
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShiftkitError("DatasetWriter is closed", self.out, "open a new writer")
+
     def write(self, sample: Sample, path: str | None = None) -> str:
         """Encode and store one sample; returns its relative path in the output."""
         return self.commit(self.prepare(sample, path))
@@ -239,8 +243,7 @@ class DatasetWriter:
     def prepare(self, sample: Sample, path: str | None = None) -> tuple[str, dict[str, bytes], dict[str, Any]]:
         """Validate and encode one sample without touching the output (thread-safe: callers may
         encode on a thread pool, then `commit` in their own order so the journal stays deterministic)."""
-        if self._closed:
-            raise ShiftkitError("DatasetWriter is closed", self.out, "open a new writer")
+        self._check_open()
         target = sample.target
         task = self.task
         if task is Task.CLASSIFICATION:
@@ -289,8 +292,7 @@ class DatasetWriter:
 
     def commit(self, prepared: tuple[str, dict[str, bytes], dict[str, Any]]) -> str:
         """Store a `prepare`d sample (files written atomically, then its journal line); returns its path."""
-        if self._closed:
-            raise ShiftkitError("DatasetWriter is closed", self.out, "open a new writer")
+        self._check_open()
         rel, files, entry = prepared
         for f, data in files.items():
             _write_file(self.partial / f, data)
