@@ -17,6 +17,7 @@ from shiftkit.adapt.das3 import (
     Das3Align,
     Das3Propagate,
     Das3SelfTrain,
+    bn_adapt_target,
     category_thresholds,
     class_mix,
     complementary_cross_entropy,
@@ -242,6 +243,49 @@ def test_stage1_hard_prior_is_the_argmax_share_of_the_start_model():
         Das3Align(prior_from="median")
 
 
+def test_stage1_bn_adapt_re_estimates_batchnorm_statistics_by_hand():
+    """mu = mean over the target batches of the batch means, var = mean of the unbiased batch variances
+    (per channel) of each BN layer's input; weights unchanged; bn_adapt=False keeps the start statistics."""
+    torch.manual_seed(0)
+    start = UNet(C, base=4, depth=2)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 3, S, S, generator=g)
+    bn0 = start.backbone.blocks[0][1]  # the first BatchNorm: input = conv0(normalised x)
+    for p in start.parameters():  # non-trivial start statistics, so "re-estimated" is visible
+        p.requires_grad_(False)
+    bn0.running_mean.fill_(5.0)
+    bn0.running_var.fill_(9.0)
+    conv0 = start.backbone.blocks[0][0]
+    h = [conv0((x[i:i + 4] - 0.5) / 0.5) for i in (0, 4)]  # input normalised by (x - 0.5) / 0.5; two batches of 4
+    want_mu = torch.stack([b.mean(dim=(0, 2, 3)) for b in h]).mean(0)
+    want_var = torch.stack([b.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for b in h]).mean(0)
+    m = Das3Align()
+    assert m.bn_adapt is True and m.config()["bn_adapt"] is True
+    model = __import__("copy").deepcopy(start)
+    eng = SimpleNamespace(model=model, net=model, num_classes=C, device=torch.device("cpu"), run=None,
+                          streams={"target": _Items(x)}, cfg=SimpleNamespace(eval_batch_size=4, progress=False))
+    model.train()
+    m.setup(eng)
+    assert model.training  # mode restored
+    assert torch.allclose(bn0.running_mean, torch.full_like(bn0.running_mean, 5.0))  # the start model is untouched
+    got = model.backbone.blocks[0][1]
+    assert torch.allclose(got.running_mean, want_mu, atol=1e-5) and torch.allclose(got.running_var, want_var, rtol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(start.parameters(), model.parameters()))
+    # the prior is the hard argmax share of the BN-adapted model (the default prior_from)
+    model.eval()
+    with torch.no_grad():
+        share = torch.bincount(model(x).argmax(1).flatten(), minlength=C).double() / (8 * S * S)
+    want = 0.99 * share + 0.01 / C
+    assert torch.allclose(m.prior.double(), want / want.sum(), atol=1e-6)
+    # bn_adapt=False: statistics stay those of the start model
+    off = __import__("copy").deepcopy(start)
+    eng.model = eng.net = off
+    Das3Align(bn_adapt=False).setup(eng)
+    assert torch.equal(off.backbone.blocks[0][1].running_mean, bn0.running_mean)
+    # a model without BatchNorm: nothing to re-estimate
+    assert bn_adapt_target(eng, torch.nn.Sequential(torch.nn.Conv2d(3, C, 1))) == 0
+
+
 def test_stage2_trains_the_model_against_a_frozen_teacher():
     m = Das3SelfTrain(top_k=0.5, tau=0.3)  # tau 0.3 so a 2-class toy has negatives
     model, _ = _setup(m)
@@ -295,7 +339,8 @@ def test_stage3_split_classmix_and_losses():
 def test_stage_and_recipe_bad_arguments():
     for make, match in [
         (lambda: Das3Align(alpha=2), "alpha"), (lambda: Das3Align(gamma=-1), "gamma"),
-        (lambda: Das3Align(lambda_div=-1), "lambda_div"), (lambda: Das3SelfTrain(top_k=0), "top_k"),
+        (lambda: Das3Align(lambda_div=-1), "lambda_div"), (lambda: Das3Align(bn_adapt="yes"), "bn_adapt"),
+        (lambda: Das3SelfTrain(top_k=0), "top_k"),
         (lambda: Das3SelfTrain(tau=1.0), "tau"), (lambda: Das3SelfTrain(lambda_pos=0, lambda_neg=0), "both 0"),
         (lambda: Das3Propagate(easy_share=1.0), "easy_share"), (lambda: Das3Propagate(mix_from="x"), "mix_from"),
         (lambda: parse_stages("1,4"), "among 1, 2, 3"), (lambda: parse_stages("a"), "numbers"),
@@ -402,6 +447,13 @@ def test_cli_das3_runs_chosen_stages(tmp_path, das3_run, capsys):
     cfg = json.loads((tmp_path / "cli" / "stage3" / "config.json").read_text())
     assert cfg["size"] == S and cfg["resolved"]["method"]["easy_share"] == 0.5  # size read from the checkpoint
     assert not (tmp_path / "cli" / "stage1").exists()
+    rc = main(["adapt", "--model", str(ckpt), "--target", str(das3_run.target), "--method", "das3", "--stages", "1",
+               "--epochs", "1", "--batch-size", "4", "--iters-per-epoch", "2", "--no-bn-adapt", "--prior-from", "soft",
+               "--prior-smoothing", "0.2", "--out", str(tmp_path / "cli1"), "--no-progress", "--json"])
+    assert rc == 0
+    capsys.readouterr()
+    cfg = json.loads((tmp_path / "cli1" / "stage1" / "config.json").read_text())["resolved"]["method"]
+    assert (cfg["bn_adapt"], cfg["prior_from"], cfg["prior_smoothing"]) == (False, "soft", 0.2)
     assert main(["adapt", "--model", str(ckpt), "--target", str(das3_run.target), "--method", "das3", "--stages", "5",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--stages" in capsys.readouterr().err

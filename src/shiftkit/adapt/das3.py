@@ -8,15 +8,21 @@ the stage before it. Notation: p_p = softmax(z_p) over C classes at pixel p, m_p
 e_p = H(p_p) / log C (normalised entropy, in [0, 1]), P the pixels of a batch.
 
 1. Implicit feature alignment (`Das3Align`), classifier frozen (`model.classifier`, and
-   `model.aux_classifier` when there is one), the rest of the network adapts:
+   `model.aux_classifier` when there is one), the rest of the network adapts. First (bn_adapt=True,
+   the default) every BatchNorm's running statistics are re-estimated on the target set (AdaBN,
+   Li et al. 2016; `bn_adapt_target`): over the B target batches h^(b) of a BN layer's input,
+       mu = (1/B) sum_b mean_{n,h,w} h^(b),   var = (1/B) sum_b var_{n,h,w}(h^(b))  (unbiased, per channel),
+   so the start model -- and the prior pi0 below -- see target, not source, feature statistics. Then
        L_1 = lambda_ent * L_fent + lambda_div * L_wdiv
    focal entropic loss   L_fent = (1/|P|) sum_p w_p (1 - m_p)^gamma e_p,
                          w_p = alpha if e_p < certain (a certain pixel) else 1 - alpha;
    weighted diversity    L_wdiv = sum_c qbar_c log(qbar_c / pi_c) = -H(qbar) + sum_c qbar_c (-log pi_c),
-                         qbar_c = (1/|P|) sum_p p_pc, pi = (1 - s) pi0 + s / C,
-   pi0 the mean prediction of the starting model over the whole target set (or a given prior):
-   its mean probabilities (prior_from="soft", the default) or its argmax class shares ("hard"; an
-   uncertain start model's soft mean overstates the rare classes, see B5's source-free rows).
+                         qbar_c = (1/|P|) sum_p p_pc, pi = (1 - s) pi0 + s / C (s = 0.01),
+   pi0 the mean prediction of the (BN-adapted) starting model over the whole target set (or a
+   given prior): its argmax class shares (prior_from="hard", the default) or its mean probabilities
+   ("soft"). An uncertain start model's soft mean overstates the rare classes, and a large s adds
+   s (C-1)/C to them: on B5 (11 classes, ~6% digit pixels) s = 0.1 alone put 9% of the prior on
+   digits, and stage 1 then grew the predicted digit share to match (see B5's source-free rows).
    With pi uniform L_wdiv = log C - H(qbar), the classic diversity term; the weights -log pi_c
    keep the predicted class distribution where it started instead of collapsing onto easy classes.
 2. Bidirectional self-training (`Das3SelfTrain`), labels from the frozen stage-1 model (teacher):
@@ -292,6 +298,39 @@ def _whole_target(engine: Any, model: nn.Module, hard: bool = False) -> tuple[to
     return psum, torch.tensor(npx), scores
 
 
+@torch.no_grad()
+def bn_adapt_target(engine: Any, model: nn.Module) -> int:
+    """AdaBN on the whole target stream (eval-mode forward, BatchNorm layers in train mode with
+    momentum None: mu, var = the per-channel means of the batch means / unbiased batch variances);
+    weights unchanged, the model's train/eval mode restored. Returns the number of BatchNorm layers
+    re-estimated (0 for a model without BatchNorm: nothing to do)."""
+    from shiftkit.adapt.augmented import adabn
+    from shiftkit.train.seg_data import seg_batches
+
+    net = getattr(model, "model", model)  # the engine's wrapper or the model
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    if n_bn == 0:
+        return 0
+    bs = int(getattr(getattr(engine, "cfg", None), "eval_batch_size", 64) or 64)
+    dev = getattr(engine, "device", "cpu")
+
+    def batches():
+        for b in seg_batches(engine.streams["target"], bs, 0):
+            if b["x"] is None:
+                continue
+            x = b["x"].to(dev)
+            yield x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+    was = net.training
+    try:
+        adabn(net, batches())
+    except ValueError as exc:  # no decodable batch
+        raise ShiftkitError(f"das3 bn_adapt: {exc}", None, "run `shiftkit validate` on --target") from None
+    finally:
+        net.train(was)
+    return n_bn
+
+
 def _log(engine: Any, record: dict[str, Any]) -> None:
     run = getattr(engine, "run", None)
     if run is not None and hasattr(run, "log"):
@@ -329,9 +368,13 @@ class Das3Align(_Das3Stage):
     stage = 1
 
     def __init__(self, alpha: float = 0.5, gamma: float = 2.0, certain: float = 0.5, lambda_ent: float = 1.0,
-                 lambda_div: float = 1.0, prior: Any = None, prior_smoothing: float = 0.1, prior_from: str = "soft",
-                 ignore_index: int = IGNORE_INDEX):
+                 lambda_div: float = 1.0, prior: Any = None, prior_smoothing: float = 0.01, prior_from: str = "hard",
+                 bn_adapt: bool = True, ignore_index: int = IGNORE_INDEX):
         super().__init__(ignore_index)
+        if not isinstance(bn_adapt, bool):
+            raise ShiftkitError(f"bn_adapt must be true or false, got {bn_adapt!r}", None,
+                                "true: re-estimate BatchNorm statistics on the target before stage 1 (AdaBN)")
+        self.bn_adapt = bn_adapt
         if prior_from not in ("soft", "hard"):
             raise ShiftkitError(f"prior_from must be soft or hard, got {prior_from!r}", None,
                                 "soft: mean probabilities of the starting model; hard: its argmax class shares")
@@ -343,7 +386,7 @@ class Das3Align(_Das3Stage):
         if not 0.0 < float(certain) <= 1.0:
             raise ShiftkitError(f"certain must be in (0, 1], got {certain}", None, "a normalised-entropy cut, e.g. 0.5")
         if not 0.0 <= float(prior_smoothing) <= 1.0:
-            raise ShiftkitError(f"prior_smoothing must be in [0, 1], got {prior_smoothing}", None, "e.g. 0.1")
+            raise ShiftkitError(f"prior_smoothing must be in [0, 1], got {prior_smoothing}", None, "e.g. 0.01")
         self.alpha, self.gamma, self.certain = float(alpha), float(gamma), float(certain)
         self.lambda_ent, self.lambda_div = _check_weight("lambda_ent", lambda_ent), _check_weight("lambda_div", lambda_div)
         self.prior_smoothing = float(prior_smoothing)
@@ -364,6 +407,9 @@ class Das3Align(_Das3Stage):
 
     def setup(self, engine: Any) -> None:
         self.freeze(engine.model)
+        if self.bn_adapt:  # on resume the checkpoint's model (and statistics) replace this afterwards
+            n_bn = bn_adapt_target(engine, engine.model)
+            _log(engine, {"event": "das3_bn_adapt", "batchnorm_layers": n_bn})
         c = int(getattr(engine, "num_classes", 0) or seg_model(engine.model).num_classes)
         if self.given_prior is not None:
             if len(self.given_prior) != c:
@@ -400,7 +446,7 @@ class Das3Align(_Das3Stage):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha, "gamma": self.gamma, "certain": self.certain,
                 "lambda_ent": self.lambda_ent, "lambda_div": self.lambda_div, "prior": self.given_prior,
-                "prior_smoothing": self.prior_smoothing, "prior_from": self.prior_from}
+                "prior_smoothing": self.prior_smoothing, "prior_from": self.prior_from, "bn_adapt": self.bn_adapt}
 
 
 class Das3SelfTrain(_Das3Stage):
@@ -719,6 +765,7 @@ __all__ = [
     "Das3Align",
     "Das3Propagate",
     "Das3SelfTrain",
+    "bn_adapt_target",
     "category_thresholds",
     "class_mix",
     "complementary_cross_entropy",

@@ -25,7 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     ) + ("\n\n--model takes a shiftkit checkpoint (.safetensors, architecture read from it), a plain PyTorch\n"
          "state_dict with --arch, or ccexam:svhn|mnist|usps (the ccexam digit models, fetched and verified).\n"
          "No source data is read: there is no --source option. Target-test labels only score.\n"
-         "das3 (segmentation) runs stage 1 (focal entropy + weighted diversity, classifier frozen), stage 2\n"
+         "das3 (segmentation) runs stage 1 (BatchNorm statistics re-estimated on the target, then focal\n"
+         "entropy + weighted diversity, classifier frozen), stage 2\n"
          "(positive + negative pseudo labels), stage 3 (easy/hard split, ClassMix) in OUT/stage1..3;\n"
          "--resume reuses finished stages and continues an interrupted one.")
     d = p.add_argument_group("model and data")
@@ -44,6 +45,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     a.add_argument("--alpha", type=float, default=0.5, help="das3 stage 1: weight of certain pixels (uncertain: 1 - alpha)")
     a.add_argument("--gamma", type=float, default=2.0, help="das3 stage 1: focal exponent shrinking confident pixels' loss")
     a.add_argument("--lambda-div", type=float, default=1.0, help="das3 stage 1: weighted diversity loss weight")
+    a.add_argument("--prior-from", default="hard", choices=["hard", "soft"],
+                   help="das3 stage 1: diversity prior from the start model's argmax class shares (hard) or mean probabilities")
+    a.add_argument("--prior-smoothing", type=float, default=0.01, help="das3 stage 1: prior mixed with this share of uniform")
+    a.add_argument("--no-bn-adapt", dest="bn_adapt", action="store_false",
+                   help="das3 stage 1: keep the source BatchNorm statistics (default: re-estimate them on the target, AdaBN)")
     a.add_argument("--top-k", type=float, default=0.5, help="das3 stages 2-3: share of each class's pixels per image kept as pseudo labels")
     a.add_argument("--tau", type=float, default=0.05, help="das3 stage 2: classes below this probability are negative labels")
     a.add_argument("--easy-share", type=float, default=0.3, help="das3 stage 3: share of target images taken as easy (lowest entropy)")
@@ -70,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.method == "das3":
         method = build_sourcefree_method("das3", stages=args.stages,
-                                         stage1={"alpha": args.alpha, "gamma": args.gamma, "lambda_div": args.lambda_div},
+                                         stage1={"alpha": args.alpha, "gamma": args.gamma, "lambda_div": args.lambda_div,
+                                                 "prior_from": args.prior_from, "prior_smoothing": args.prior_smoothing,
+                                                 "bn_adapt": args.bn_adapt},
                                          stage2={"top_k": args.top_k, "tau": args.tau},
                                          stage3={"top_k": args.top_k, "easy_share": args.easy_share})
     else:
