@@ -82,6 +82,12 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "values": values}
 
 
+def stage2_options(args: argparse.Namespace) -> dict:
+    return {"confident_fraction": args.confident_fraction, "final_fraction": args.final_fraction,
+            "relabel": args.relabel, "consistency_weight": args.consistency_weight, "tau": args.tau,
+            "train_head": args.train_head}
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     """One SHOT run (its own run folder), scored once on the full MNIST test set."""
     if args.threads:
@@ -90,7 +96,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     mnist = load_mnist()
     train, test = mnist["train"], mnist["test"]
     test = type(test)(test.images[: args.test_size], test.labels[: args.test_size])
-    monitor = DigitSet(test.images[: args.monitor], test.labels[: args.monitor], "mnist-test") if args.monitor else None
+    val = mnist["validation"]  # the curve reads MNIST validation labels, never the test split's
+    monitor = DigitSet(val.images[: args.monitor], val.labels[: args.monitor], "mnist-validation") if args.monitor else None
     n = args.target_size if 0 < args.target_size < len(train) else len(train)
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
     target = DigitSet(train.images[idx], None, "mnist-train")  # labels withheld
@@ -101,7 +108,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     model = load_pretrained("svhn")
     m = adapt(
         model, target, method="shot", target_test=monitor, out=out,
-        method_options={"beta": args.beta}, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        method_options={"beta": args.beta, "balanced_labels": args.balanced_labels}, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         iters_per_epoch=args.iters_per_epoch, seed=seed, device=str(device), progress=not args.quiet,
         select_max=min(n, args.select_max),
     )
@@ -120,8 +127,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         t = time.time()
         stage2 = chosen
         m2 = adapt(
-            stage2, target, method=ShotSelfTrain(confident_fraction=args.confident_fraction), target_test=monitor,
-            out=out / "selftrain", epochs=args.selftrain_epochs, batch_size=args.batch_size, lr=args.lr,
+            stage2, target, method=ShotSelfTrain(**stage2_options(args)), target_test=monitor,
+            out=out / "selftrain", epochs=args.selftrain_epochs, batch_size=args.batch_size, lr=args.selftrain_lr,
             iters_per_epoch=args.iters_per_epoch, seed=seed, device=str(device), progress=not args.quiet,
             select_max=min(n, args.select_max),
         )
@@ -148,11 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.01, help="SHOT digits: 0.01")
     ap.add_argument("--beta", type=float, default=0.1, help="SHOT digits (cls_par): 0.1")
+    ap.add_argument("--balanced-labels", action="store_true",
+                    help="centroid pseudo labels under equal class shares (Sinkhorn), not plain nearest centroid")
     ap.add_argument("--selftrain-epochs", type=int, default=6,
                     help="stage 2 (SHOT++-style self-training on confident labels, augmented) epochs; 0 = SHOT only")
-    ap.add_argument("--confident-fraction", type=float, default=0.5, help="stage 2: most certain share of each predicted class")
+    ap.add_argument("--confident-fraction", type=float, default=0.3, help="stage 2: most certain share of each predicted class")
+    ap.add_argument("--final-fraction", type=float, default=0.9, help="stage 2 with --relabel epoch: the share at the last epoch")
+    ap.add_argument("--relabel", choices=("once", "epoch"), default="epoch", help="stage 2: label once, or every epoch from the current model")
+    ap.add_argument("--consistency-weight", type=float, default=1.0, help="stage 2: FixMatch term on the unlabelled rest (0 = off)")
+    ap.add_argument("--tau", type=float, default=0.95, help="stage 2: FixMatch confidence threshold")
+    ap.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=True, help="stage 2: the head trains too")
+    ap.add_argument("--selftrain-lr", type=float, default=0.01, help="stage 2 learning rate")
     ap.add_argument("--select-max", type=int, default=1000, help="target images scored for the label-free choice")
-    ap.add_argument("--monitor", type=int, default=0, help="score this many MNIST-test images every epoch (curve only; 0 = none)")
+    ap.add_argument("--monitor", type=int, default=0, help="score this many MNIST-validation images every epoch (curve only; 0 = none)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
     ap.add_argument("--test-size", type=int, default=10000, help="MNIST-test images scored (smoke runs only: keep 10000)")
@@ -214,11 +229,14 @@ def main(argv: list[str] | None = None) -> int:
              "selected_epoch": [r["selected_epoch"] for r in runs], "wall_s": summary([r["wall_s"] for r in runs]),
              **({"monitor_accuracy_per_epoch": {"images": args.monitor, "values": [r["curve"] for r in runs]}} if args.monitor else {})},
             *([{"method": "shot+selftrain", "uses_target_labels": False,
-                "stage2": {"epochs": args.selftrain_epochs, "iters_per_epoch": args.iters_per_epoch, "lr": args.lr,
-                           "confident_fraction": args.confident_fraction,
-                           "recipe": "labels fixed from the stage-1 label-free choice; per predicted class the most certain "
-                                     "fraction keeps its label; CE on randomly affine-augmented batches + information "
-                                     "maximisation; head frozen; label-free choice over epochs"},
+                "stage2": {"epochs": args.selftrain_epochs, "iters_per_epoch": args.iters_per_epoch, "lr": args.selftrain_lr,
+                           **stage2_options(args),
+                           "recipe": "starts from the stage-1 label-free choice; at each epoch start the current model labels "
+                                     "the target set and per predicted class the most certain share keeps its label (share "
+                                     "growing from confident_fraction to final_fraction); CE on randomly affine-augmented "
+                                     "views of those, FixMatch consistency (plain view with max p >= tau teaches the "
+                                     "augmented view) on the rest, information maximisation on the plain view; "
+                                     "label-free choice over epochs"},
                 "metrics": {"accuracy": summary([r["selftrain"]["accuracy"] for r in runs]),
                             "accuracy_last_epoch": summary([r["selftrain"]["last"] for r in runs])},
                 "selected_epoch": [r["selftrain"]["selected_epoch"] for r in runs],

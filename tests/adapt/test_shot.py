@@ -13,6 +13,7 @@ import torch
 from shiftkit.adapt.shot import (
     Shot,
     ShotSelfTrain,
+    balanced_assignment,
     centroid_pseudo_labels,
     random_affine,
     shot_loss,
@@ -56,6 +57,35 @@ def test_refinement_round_and_labelset():
     p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.45, 0.55]])
     labels, _ = centroid_pseudo_labels(f, p, rounds=1)
     assert labels.tolist() == [0, 0, 1, 1, 0]
+
+
+def test_balanced_assignment_gives_equal_shares_by_cost_margin():
+    # every sample is nearer class 0; equal shares send the two with the smallest margin
+    # cost_1 - cost_0 (0.3 and 0.2, samples 1 and 2) to class 1
+    cost = torch.tensor([[0.1, 0.9], [0.2, 0.5], [0.1, 0.3], [0.0, 1.0]])
+    assert cost.argmin(1).tolist() == [0, 0, 0, 0]
+    assert balanced_assignment(cost).tolist() == [0, 1, 1, 0]
+    # already balanced nearest-centroid labels are kept
+    cost = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.8, 0.1]])
+    assert balanced_assignment(cost).tolist() == cost.argmin(1).tolist()
+
+
+def test_balanced_centroid_labels_fix_a_swallowed_cluster():
+    # three points of class 1 lie between the clusters, a little nearer class 0's centroid
+    f = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.9, 0.2], [0.6, 0.5], [0.6, 0.45], [0.0, 1.0]])
+    p = torch.tensor([[0.9, 0.1]] * 5 + [[0.1, 0.9]])
+    plain, _ = centroid_pseudo_labels(f, p, rounds=0, bias=False)
+    fair, _ = centroid_pseudo_labels(f, p, rounds=0, bias=False, balanced=True)
+    assert torch.bincount(plain, minlength=2).tolist() != [3, 3]
+    assert torch.bincount(fair, minlength=2).tolist() == [3, 3]
+    assert fair.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_balanced_assignment_bad_arguments():
+    with pytest.raises(ValueError, match="cost"):
+        balanced_assignment(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="epsilon"):
+        balanced_assignment(torch.zeros(3, 2), epsilon=0)
 
 
 def test_centroid_bad_arguments():
@@ -286,3 +316,45 @@ def test_selftrain_run_through_the_engine(tmp_path):
     labels = method.pseudo_labels
     assert labels.shape == (24,) and int((labels >= 0).sum()) in range(10, 15)  # about half kept
     assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
+
+
+def test_selftrain_fraction_schedule_and_bad_arguments():
+    grow = ShotSelfTrain(confident_fraction=0.3, final_fraction=0.9, relabel="epoch")
+    assert [round(grow.fraction_at(e, 4), 6) for e in range(4)] == [0.3, 0.5, 0.7, 0.9]
+    assert ShotSelfTrain(confident_fraction=0.3, final_fraction=0.9).fraction_at(3, 4) == 0.3  # relabel once
+    for kwargs, word in (({"final_fraction": 1.5}, "final_fraction"), ({"relabel": "step"}, "relabel"),
+                         ({"tau": 0}, "tau"), ({"consistency_weight": -1}, "consistency_weight")):
+        with pytest.raises(ShiftkitError, match=word):
+            ShotSelfTrain(**kwargs)
+
+
+class _Identity(torch.nn.Module):
+    """net(x) = (x, x): the 'image' is its own logits, so the step's losses are hand-computable."""
+
+    def forward(self, x):
+        return x, x
+
+
+def test_selftrain_consistency_term_against_hand_computation():
+    method = ShotSelfTrain(ce_weight=1.0, im_weight=0.0, consistency_weight=2.0, tau=0.8, augment=False)
+    method.pseudo_labels = torch.tensor([1, -1, -1])
+    x = torch.tensor([[0.0, 1.0], [3.0, 0.0], [0.2, 0.0]])  # sample 1 confident (p = 0.953), sample 2 not (0.55)
+    phase = method.phases(_Identity(), {"target": {"x": x, "index": torch.tensor([0, 1, 2])}}, None)[0]
+    log_p = torch.log_softmax(x, 1)
+    assert torch.isclose(phase.losses["pl"], -log_p[0, 1])  # labelled sample only
+    assert torch.isclose(phase.losses["consistency"], 2.0 * (-log_p[1, 0]) / 3)  # one confident guess, mean over 3
+
+
+def test_selftrain_relabels_every_epoch_with_a_growing_share(tmp_path):
+    from shiftkit.adapt.sourcefree import adapt
+
+    torch.manual_seed(0)
+    model = build("svhn_net", input_size=8, num_classes=2)
+    method = ShotSelfTrain(confident_fraction=0.25, final_fraction=1.0, relabel="epoch", consistency_weight=1.0,
+                           train_head=True)
+    head_before = [p.detach().clone() for p in model.head.parameters()]
+    adapt(model, _Digits(24, 1, False, 0.2), method=method, out=tmp_path / "st",
+          epochs=2, batch_size=8, seed=0, device="cpu", progress=False)
+    assert method.epoch == 2 and int((method.pseudo_labels >= 0).sum()) == 24  # the last epoch labels every image
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))  # the head trained
+    assert int(method.state_dict()["epoch"]) == 2

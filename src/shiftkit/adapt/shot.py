@@ -19,6 +19,7 @@ momentum 0.9 (Nesterov), weight decay 5e-4, lr_t = lr * (1 + 10 p)^-0.75, batch 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -30,12 +31,33 @@ from shiftkit.adapt.losses import cross_entropy, entropy, information_maximizati
 from shiftkit.errors import ShiftkitError
 
 
+def balanced_assignment(cost: torch.Tensor, epsilon: float = 0.05, iters: int = 100) -> torch.Tensor:
+    """Labels for a cost matrix (N, K) under equal class sizes: entropic optimal transport (Sinkhorn).
+
+    Q = diag(u) exp(-cost / epsilon) diag(v) with row sums 1/N (every sample one label) and column
+    sums 1/K (every class the same share), then y_i = argmax_k Q_ik. A plain argmin lets one
+    cluster swallow a neighbouring class whose samples all sit a little closer to it (the
+    systematic swaps of a shifted source model, e.g. 4 -> 9); equal shares push the margin back.
+    """
+    if cost.dim() != 2 or cost.shape[0] == 0 or cost.shape[1] == 0:
+        raise ValueError(f"cost (N, K) with N, K >= 1 expected, got {tuple(cost.shape)}")
+    if epsilon <= 0 or iters < 1:
+        raise ValueError(f"epsilon must be > 0 and iters >= 1, got {epsilon} and {iters}")
+    n, k = cost.shape
+    log_q = -cost.double() / epsilon
+    for _ in range(iters):  # in log space: exp(-cost / epsilon) underflows for small epsilon
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(k)
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - math.log(n)
+    return log_q.argmax(1)
+
+
 def centroid_pseudo_labels(
     features: torch.Tensor,
     probs: torch.Tensor,
     rounds: int = 1,
     threshold: int = 0,
     bias: bool = True,
+    balanced: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SHOT's self-supervised labels: weighted k-means in feature space, seeded by the predictions.
 
@@ -44,6 +66,8 @@ def centroid_pseudo_labels(
     y^_i = argmin_{k in K'} d(f~_i, c_k),  d(a, b) = 1 - a.b / (||a|| ||b||)   (cosine distance)
     then `rounds` times: c_k = mean of f~_i with y^_i = k, relabel the same way.
     K' are the classes predicted (argmax p) for more than `threshold` samples, as in the official code.
+    `balanced=True` replaces every argmin by `balanced_assignment` over K' (equal class shares: the
+    uniform class prior that the diversity term of information maximisation already assumes).
     Returns (labels (N,) int64, centroids (K, D+bias) of the last round).
     """
     if features.dim() != 2 or probs.dim() != 2 or features.shape[0] != probs.shape[0]:
@@ -66,7 +90,7 @@ def centroid_pseudo_labels(
     def assign(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = weights.t() @ f / (weights.sum(0)[:, None] + 1e-8)
         dist = 1.0 - f @ F.normalize(c[labelset], dim=1).t()
-        return labelset[dist.argmin(1)], c
+        return labelset[balanced_assignment(dist) if balanced else dist.argmin(1)], c
 
     labels, cents = assign(p)
     for _ in range(rounds):
@@ -120,6 +144,7 @@ class Shot(Method):
         label_threshold: int = 0,
         cluster_features: str = "pre_relu",
         feature_dropout: bool = False,
+        balanced_labels: bool = False,
     ):
         if beta < 0 or im_weight < 0 or diversity_weight < 0:
             raise ShiftkitError(f"SHOT weights must be >= 0, got beta={beta} im_weight={im_weight} diversity_weight={diversity_weight}")
@@ -130,6 +155,7 @@ class Shot(Method):
         if cluster_features not in ("pre_relu", "output"):
             raise ShiftkitError(f"cluster_features must be 'pre_relu' or 'output', got {cluster_features!r}")
         self.cluster_features, self.feature_dropout = cluster_features, bool(feature_dropout)
+        self.balanced_labels = bool(balanced_labels)
         self.pseudo_labels: torch.Tensor | None = None  # (N_target,), -1 = not labelled (unreadable image)
         self.head: nn.Module | None = None
 
@@ -138,7 +164,7 @@ class Shot(Method):
             "name": self.name, "streams": list(self.streams), "beta": self.beta, "im_weight": self.im_weight,
             "diversity_weight": self.diversity_weight, "refine_rounds": self.refine_rounds,
             "label_threshold": self.label_threshold, "cluster_features": self.cluster_features,
-            "feature_dropout": self.feature_dropout,
+            "feature_dropout": self.feature_dropout, "balanced_labels": self.balanced_labels,
         }
 
     @staticmethod
@@ -195,7 +221,8 @@ class Shot(Method):
                     m.eval()
 
     def relabel(self, features: torch.Tensor, probs: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-        labels, _ = centroid_pseudo_labels(features, probs, self.refine_rounds, self.label_threshold)
+        labels, _ = centroid_pseudo_labels(features, probs, self.refine_rounds, self.label_threshold,
+                                           balanced=self.balanced_labels)
         full = torch.full((size,), -1, dtype=torch.long)
         full[index.long()] = labels.cpu()
         self.pseudo_labels = full
@@ -246,25 +273,52 @@ class ShotSelfTrain(Shot):
     """A second source-free stage in the spirit of SHOT++ (Liang et al., TPAMI 2021): self-training
     on the confident part of the adapted model's own predictions, with augmentation.
 
-    Before the first step the (stage-1) model labels the target set once; per predicted class the
-    `confident_fraction` with the lowest prediction entropy keep their label, the rest get -1. Each
-    step: CE of the augmented (random affine) target batch on those fixed labels, plus information
-    maximisation on the plain batch. Head frozen, no dropout in the feature path, as in `Shot`.
+    At the start of the first epoch (and of every epoch with `relabel="epoch"`) the current model
+    labels the target set; per predicted class the `confident_fraction` with the lowest prediction
+    entropy keep their label, the rest get -1. With `relabel="epoch"` the fraction grows linearly
+    to `final_fraction` at the last epoch (a curriculum: easy images first). Each step, on a target
+    batch x with fixed labels y (-1 = none) and a random affine view a(x):
+
+        L = im_weight * IM(z(x)) + ce_weight * CE(z(a(x)), y)[y >= 0]
+            + consistency_weight * CE(z(a(x)), argmax p(x))[y < 0 and max p(x) >= tau]
+
+    the last term being FixMatch's (Sohn et al., 2020) on the unlabelled rest: a confident plain
+    view teaches the augmented one (p(x) detached). Head frozen unless `train_head`; no dropout in
+    the feature path, as in `Shot`.
     """
 
     name = "shot_selftrain"
 
     def __init__(self, confident_fraction: float = 0.5, ce_weight: float = 1.0, im_weight: float = 1.0,
-                 augment: bool = True, feature_dropout: bool = False):
+                 augment: bool = True, feature_dropout: bool = False, relabel: str = "once",
+                 final_fraction: float | None = None, consistency_weight: float = 0.0, tau: float = 0.95,
+                 train_head: bool = False):
         super().__init__(beta=ce_weight, im_weight=im_weight, feature_dropout=feature_dropout)
-        if not 0.0 < float(confident_fraction) <= 1.0:
-            raise ShiftkitError(f"confident_fraction must be in (0, 1], got {confident_fraction}")
-        self.confident_fraction, self.augment = float(confident_fraction), bool(augment)
+        final_fraction = confident_fraction if final_fraction is None else final_fraction
+        for name, value in (("confident_fraction", confident_fraction), ("final_fraction", final_fraction),
+                            ("tau", tau)):
+            if not 0.0 < float(value) <= 1.0:
+                raise ShiftkitError(f"{name} must be in (0, 1], got {value}")
+        if relabel not in ("once", "epoch"):
+            raise ShiftkitError(f"relabel must be 'once' or 'epoch', got {relabel!r}")
+        if consistency_weight < 0:
+            raise ShiftkitError(f"consistency_weight must be >= 0, got {consistency_weight}")
+        self.confident_fraction, self.final_fraction = float(confident_fraction), float(final_fraction)
+        self.augment, self.relabel_mode, self.train_head = bool(augment), relabel, bool(train_head)
+        self.consistency_weight, self.tau = float(consistency_weight), float(tau)
+        self.epoch = 0  # epochs started (kept in state_dict: a resumed run continues the fraction schedule)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "streams": list(self.streams), "confident_fraction": self.confident_fraction,
-                "ce_weight": self.beta, "im_weight": self.im_weight, "augment": self.augment,
-                "feature_dropout": self.feature_dropout}
+                "final_fraction": self.final_fraction, "relabel": self.relabel_mode, "ce_weight": self.beta,
+                "im_weight": self.im_weight, "consistency_weight": self.consistency_weight, "tau": self.tau,
+                "augment": self.augment, "train_head": self.train_head, "feature_dropout": self.feature_dropout}
+
+    def setup(self, engine: Any) -> None:
+        if self.train_head:
+            self.find_head(engine.model)
+        else:
+            self.freeze_head(engine.model)
 
     @staticmethod
     def confident_labels(probs: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -278,13 +332,30 @@ class ShotSelfTrain(Shot):
             out[keep] = k
         return out
 
+    def fraction_at(self, epoch: int, epochs: int) -> float:
+        """The confident share labelled at the start of `epoch` (0-based) of `epochs`."""
+        if self.relabel_mode == "once" or epochs <= 1:
+            return self.confident_fraction
+        t = min(1.0, epoch / (epochs - 1))
+        return self.confident_fraction + t * (self.final_fraction - self.confident_fraction)
+
     def on_epoch_start(self, engine: Any) -> None:
-        if self.pseudo_labels is not None:  # fixed from the incoming model (and restored on resume)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if self.pseudo_labels is not None and self.relabel_mode == "once":  # fixed (and restored on resume)
             return
         r = engine.infer("target")
         full = torch.full((engine.stream_size("target"),), -1, dtype=torch.long)
-        full[r["index"].long()] = self.confident_labels(r["probs"], self.confident_fraction).cpu()
+        fraction = self.fraction_at(epoch, engine.cfg.epochs)
+        full[r["index"].long()] = self.confident_labels(r["probs"], fraction).cpu()
         self.pseudo_labels = full
+
+    def set_train_modes(self, net: nn.Module) -> None:
+        if not self.train_head:
+            super().set_train_modes(net)
+        elif not self.feature_dropout:
+            for m in net.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.eval()
 
     def phases(self, net: nn.Module, batch: dict, step: StepInfo) -> list[Phase]:
         self.set_train_modes(net)
@@ -294,15 +365,29 @@ class ShotSelfTrain(Shot):
         _, logits = net(t["x"])
         losses = {"im": self.im_weight * information_maximization(logits, diversity_weight=self.diversity_weight)}
         y = self.pseudo_labels.to(logits.device)[t["index"].to(logits.device)]
-        if bool((y >= 0).any()):
+        with torch.no_grad():
+            p = F.softmax(logits.detach().float(), dim=1)
+            conf, guess = p.max(1)
+            logs = {"ent": float(entropy(p).mean()), "div": float(entropy(p.mean(0), dim=0))}
+        unlabelled = (y < 0) & (conf >= self.tau)
+        if bool((y >= 0).any()) or (self.consistency_weight > 0 and bool(unlabelled.any())):
             _, z_aug = net(random_affine(t["x"]) if self.augment else t["x"])
-            losses["pl"] = self.beta * cross_entropy(z_aug, y, ignore_index=-1)
+            losses["pl"] = self.beta * cross_entropy(z_aug, y, ignore_index=-1) if bool((y >= 0).any()) else z_aug.sum() * 0
+            if self.consistency_weight > 0:
+                # FixMatch: mean over the whole batch, masked (fewer confident guesses, smaller term)
+                ce = F.cross_entropy(z_aug.float(), guess, reduction="none")
+                losses["consistency"] = self.consistency_weight * (ce * unlabelled.float()).mean()
+                logs["mask"] = float(unlabelled.float().mean())
         else:
             losses["pl"] = logits.sum() * 0
-        with torch.no_grad():
-            p = F.softmax(logits.float(), dim=1)
-            logs = {"ent": float(entropy(p).mean()), "div": float(entropy(p.mean(0), dim=0))}
         return [Phase(losses, ("model",), logs)]
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().state_dict(), "epoch": torch.tensor(self.epoch)}
 
-__all__ = ["Shot", "ShotSelfTrain", "centroid_pseudo_labels", "random_affine", "shot_loss"]
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.epoch = int(state["epoch"]) if "epoch" in state else 0
+
+
+__all__ = ["Shot", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "random_affine", "shot_loss"]
