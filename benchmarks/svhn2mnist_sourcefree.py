@@ -10,7 +10,7 @@ Writes benchmarks/results/svhn2mnist_sourcefree.json.
 Stage 2 (`--selftrain-epochs`, 0 = off): SHOT++-style self-training from stage 1's label-free choice
 (shiftkit.adapt.shot.ShotSelfTrain), same target images, its own label-free choice.
 
-    python benchmarks/svhn2mnist_sourcefree.py --seeds 0 1 2 --epochs 14 --target-size 3000
+    python benchmarks/svhn2mnist_sourcefree.py --seeds 0 1 2 --threads 1 --monitor 2000
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ from shiftkit.models.ccexam import load_model, load_pretrained, to_unit
 
 ROOT = Path(__file__).resolve().parent
 RESULT = ROOT / "results" / "svhn2mnist_sourcefree.json"
+HOW_CHOSEN = ("the defaults (SHOT lr 0.05 / beta 0.3 with balanced labels; the stage-2 recipe) were picked from single-seed "
+              "probes scored on MNIST validation (labels of the 10k validation split, a curve only); the test split only "
+              "scores the final runs. Earlier settings (paper lr 0.01 / beta 0.1, labels fixed once, no consistency term) "
+              "gave 0.853 / 0.876 on 3 seeds")
 
 
 class DigitSet:
@@ -151,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--iters-per-epoch", type=int, default=50, help="steps between pseudo-label refreshes (0 = one pass)")
-    ap.add_argument("--target-size", type=int, default=3000, help="unlabeled MNIST-train images used (0 = all 50,000)")
+    ap.add_argument("--target-size", type=int, default=10000, help="unlabeled MNIST-train images used (0 = all 50,000)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.01, help="SHOT digits: 0.01")
-    ap.add_argument("--beta", type=float, default=0.1, help="SHOT digits (cls_par): 0.1")
-    ap.add_argument("--balanced-labels", action="store_true",
+    ap.add_argument("--lr", type=float, default=0.05, help="SHOT stage (the paper's digits: 0.01; 0.05 chosen on the MNIST-validation curve)")
+    ap.add_argument("--beta", type=float, default=0.3, help="SHOT pseudo-label weight (the paper's digits cls_par: 0.1; 0.3 in its other settings)")
+    ap.add_argument("--balanced-labels", action=argparse.BooleanOptionalAction, default=True,
                     help="centroid pseudo labels under equal class shares (Sinkhorn), not plain nearest centroid")
-    ap.add_argument("--selftrain-epochs", type=int, default=6,
+    ap.add_argument("--selftrain-epochs", type=int, default=16,
                     help="stage 2 (SHOT++-style self-training on confident labels, augmented) epochs; 0 = SHOT only")
     ap.add_argument("--confident-fraction", type=float, default=0.3, help="stage 2: most certain share of each predicted class")
     ap.add_argument("--final-fraction", type=float, default=0.9, help="stage 2 with --relabel epoch: the share at the last epoch")
@@ -244,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"monitor_accuracy_per_epoch": {"images": args.monitor, "values": [r["selftrain"]["curve"] for r in runs]}}
                    if args.monitor else {})}] if args.selftrain_epochs else []),
         ],
+        "how_chosen": HOW_CHOSEN,
         "anchors": {"shot_paper": "SHOT (Liang et al., ICML 2020): SVHN->MNIST 98.9% (all MNIST train, 30 epochs, on GPU)",
                     "source_only_measured": "0.736 (BENCHMARKS.md B4)"},
         "goal": {"metric": "accuracy", "at_least": 0.989},
