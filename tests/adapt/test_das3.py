@@ -18,6 +18,7 @@ from shiftkit.adapt.das3 import (
     Das3Propagate,
     Das3SelfTrain,
     bn_adapt_target,
+    bn_affine_parameters,
     category_thresholds,
     class_mix,
     complementary_cross_entropy,
@@ -26,7 +27,9 @@ from shiftkit.adapt.das3 import (
     mix_classes,
     negative_pseudo_labels,
     parse_stages,
+    photometric_transform,
     positive_pseudo_labels,
+    random_photometric,
     smoothed_prior,
     split_easy_hard,
     weighted_diversity_loss,
@@ -131,6 +134,35 @@ def test_negative_labels_and_complementary_ce_by_hand():
 # --- stage 3 ranking and ClassMix ----------------------------------------------------------------
 
 
+def test_photometric_transform_by_hand():
+    """One image, two pixels, channels (r, g, b): pixel 1 = (0.2, 0.4, 0.6), pixel 2 = (0.0, 0.2, 1.0); mean 0.4.
+    c = 2, b = 0.1: u = clamp(2 (x - 0.4) + 0.4 + 0.1) -> pixel 1 (0.1, 0.5, 0.9), pixel 2 (0, 0.1, 1.0 clamped);
+    perm (2, 0, 1) -> pixel 1 (0.9, 0.1, 0.5), pixel 2 (1.0, 0, 0.1); grey: channel means 0.5 and 1.1 / 3."""
+    x = torch.tensor([[0.2, 0.0], [0.4, 0.2], [0.6, 1.0]]).view(1, 3, 1, 2)
+    args = (torch.tensor([0.1]), torch.tensor([2.0]), torch.tensor([[2, 0, 1]]))
+    got = photometric_transform(x, *args, torch.tensor([False]))
+    assert torch.allclose(got.view(3, 2), torch.tensor([[0.9, 1.0], [0.1, 0.0], [0.5, 0.1]]), atol=1e-6)
+    got = photometric_transform(x, *args, torch.tensor([True]))
+    assert torch.allclose(got.view(3, 2), torch.tensor([[0.5, 1.1 / 3]] * 3), atol=1e-6)
+    # identity parameters give x back; strength 0 draws nothing
+    same = photometric_transform(x, torch.zeros(1), torch.ones(1), torch.tensor([[0, 1, 2]]), torch.tensor([False]))
+    assert torch.allclose(same, x)
+    assert random_photometric(x, 0.0) is x
+    # two images get their own draws; values stay in [0, 1]; the same generator seed repeats the draw
+    xs = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = random_photometric(xs, 0.5, torch.Generator().manual_seed(3))
+    b = random_photometric(xs, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, xs)
+    for bad, match in [(lambda: photometric_transform(x[:, :2], *args, torch.tensor([False])), "N, 3, H, W"),
+                       (lambda: photometric_transform(x, torch.zeros(2), torch.ones(1), args[2], torch.tensor([False])),
+                        "shape"),
+                       (lambda: photometric_transform(x, args[0], args[1], torch.tensor([[0, 0, 1]]), torch.tensor([False])),
+                        "order of the channels"),
+                       (lambda: random_photometric(x, 1.5), "strength")]:
+        with pytest.raises(ValueError, match=match):
+            bad()
+
+
 def test_image_entropy_and_easy_hard_split():
     p = _probs_1x4([0.5, 0.5, 0.5, 0.5], [0.9, 0.9, 0.1, 0.1])
     assert image_entropy(p).tolist() == pytest.approx([1.0, _h([0.9, 0.1]) / math.log(2)], rel=1e-5)
@@ -228,6 +260,29 @@ def test_stage1_freezes_the_classifier_and_trains_the_rest():
     assert all(p.requires_grad for p in heads)
 
 
+def test_stage1_train_bn_adapts_only_batchnorm_scales_and_shifts():
+    """train="bn" (TENT): the trainable set is exactly {gamma, beta} of every BatchNorm outside the heads."""
+    m = Das3Align(train="bn")
+    model, _ = _setup(m)
+    assert m.config()["train"] == "bn" and Das3Align().config()["train"] == "body"
+    bns = [x for x in model.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    want = {id(p) for b in bns for p in (b.weight, b.bias)}
+    assert want and {id(p) for p in bn_affine_parameters(model)} == want  # the U-Net's heads hold no BatchNorm
+    assert {id(p) for p in model.parameters() if p.requires_grad} == want
+    n_bn = sum(b.weight.numel() + b.bias.numel() for b in bns)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_bn
+    _step(m, model, _batch())
+    assert all(p.grad is None for p in model.parameters() if id(p) not in want)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bn_affine_parameters(model))
+    m.unfreeze()
+    assert all(p.requires_grad for p in model.parameters())
+    # a head's own BatchNorm is never trained (the heads stay frozen)
+    toy = UNet(C, base=4, depth=2)
+    toy.classifier = torch.nn.Sequential(toy.classifier, torch.nn.BatchNorm2d(C))
+    got = {id(p) for p in bn_affine_parameters(toy)}
+    assert got and not got & {id(p) for p in toy.classifier.parameters()}
+
+
 def test_stage1_hard_prior_is_the_argmax_share_of_the_start_model():
     m = Das3Align(prior_from="hard", prior_smoothing=0.2)
     model, eng = _setup(m)
@@ -306,6 +361,38 @@ def test_stage2_trains_the_model_against_a_frozen_teacher():
     assert float(l2["pos"]) == pytest.approx(float(want), rel=1e-5)
 
 
+def test_jitter_recolours_what_the_student_sees_only():
+    """jitter > 0: each stage's student input is random_photometric(x, jitter) (same global RNG draw); the teacher
+    of stages 2-3 labels the unchanged x; jitter 0 feeds x itself."""
+    b = _batch()
+    x = b["target"]["x"]
+    for m in (Das3Align(jitter=0.4), Das3SelfTrain(jitter=0.4), Das3Propagate(jitter=0.4, easy_share=0.5)):
+        model, _ = _setup(m)
+        seen, taught = [], []
+        student = m._logits
+        m._logits = lambda net, xx, f=student, got=seen: (got.append(xx.detach().clone()), f(net, xx))[1]
+        if m.teacher is not None:
+            m.teacher.register_forward_pre_hook(lambda mod, inp, got=taught: got.append(inp[0].detach().clone()))
+        assert m.config()["jitter"] == 0.4
+        torch.manual_seed(7)
+        _step(m, model, b)
+        if isinstance(m, Das3Propagate):  # the student input is the easy/ClassMixed batch, recoloured
+            assert torch.equal(taught[0], x) and seen[0].shape == x.shape and not torch.equal(seen[0], x)
+            continue
+        if taught:
+            assert torch.equal(taught[0], x)
+        torch.manual_seed(7)
+        assert torch.equal(seen[0], random_photometric(x, 0.4))
+    assert Das3SelfTrain().jitter == Das3Propagate().jitter == 0.3 and Das3Align().jitter == 0.0  # the defaults
+    m = Das3SelfTrain(jitter=0)
+    model, _ = _setup(m)
+    seen = []
+    student = m._logits
+    m._logits = lambda net, xx, f=student: (seen.append(xx), f(net, xx))[1]
+    _step(m, model, b)
+    assert seen[0] is x and m.config()["jitter"] == 0.0
+
+
 def test_stage3_split_classmix_and_losses():
     m = Das3Propagate(easy_share=0.3)
     model, eng = _setup(m, n=6)
@@ -340,7 +427,9 @@ def test_stage_and_recipe_bad_arguments():
     for make, match in [
         (lambda: Das3Align(alpha=2), "alpha"), (lambda: Das3Align(gamma=-1), "gamma"),
         (lambda: Das3Align(lambda_div=-1), "lambda_div"), (lambda: Das3Align(bn_adapt="yes"), "bn_adapt"),
-        (lambda: Das3SelfTrain(top_k=0), "top_k"),
+        (lambda: Das3Align(train="all"), "train must be one of body, bn"),
+        (lambda: Das3SelfTrain(top_k=0), "top_k"), (lambda: Das3SelfTrain(jitter=2), "jitter"),
+        (lambda: Das3Propagate(jitter="strong"), "jitter"),
         (lambda: Das3SelfTrain(tau=1.0), "tau"), (lambda: Das3SelfTrain(lambda_pos=0, lambda_neg=0), "both 0"),
         (lambda: Das3Propagate(easy_share=1.0), "easy_share"), (lambda: Das3Propagate(mix_from="x"), "mix_from"),
         (lambda: parse_stages("1,4"), "among 1, 2, 3"), (lambda: parse_stages("a"), "numbers"),
@@ -449,11 +538,14 @@ def test_cli_das3_runs_chosen_stages(tmp_path, das3_run, capsys):
     assert not (tmp_path / "cli" / "stage1").exists()
     rc = main(["adapt", "--model", str(ckpt), "--target", str(das3_run.target), "--method", "das3", "--stages", "1",
                "--epochs", "1", "--batch-size", "4", "--iters-per-epoch", "2", "--no-bn-adapt", "--prior-from", "soft",
-               "--prior-smoothing", "0.2", "--out", str(tmp_path / "cli1"), "--no-progress", "--json"])
+               "--prior-smoothing", "0.2", "--train-params", "bn", "--align-jitter", "0.2", "--jitter", "0.1",
+               "--out", str(tmp_path / "cli1"), "--no-progress", "--json"])
     assert rc == 0
     capsys.readouterr()
     cfg = json.loads((tmp_path / "cli1" / "stage1" / "config.json").read_text())["resolved"]["method"]
     assert (cfg["bn_adapt"], cfg["prior_from"], cfg["prior_smoothing"]) == (False, "soft", 0.2)
+    assert (cfg["train"], cfg["jitter"]) == ("bn", 0.2)
+    assert json.loads((tmp_path / "cli1" / "metrics.json").read_text())["config"]["stage_methods"]["2"]["jitter"] == 0.1
     assert main(["adapt", "--model", str(ckpt), "--target", str(das3_run.target), "--method", "das3", "--stages", "5",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--stages" in capsys.readouterr().err

@@ -25,6 +25,8 @@ e_p = H(p_p) / log C (normalised entropy, in [0, 1]), P the pixels of a batch.
    digits, and stage 1 then grew the predicted digit share to match (see B5's source-free rows).
    With pi uniform L_wdiv = log C - H(qbar), the classic diversity term; the weights -log pi_c
    keep the predicted class distribution where it started instead of collapsing onto easy classes.
+   Options: train="bn" adapts only the BatchNorm scales and shifts (TENT, Wang et al. 2021) instead of
+   the whole body; jitter > 0 computes the losses on recoloured images (see below; default 0).
 2. Bidirectional self-training (`Das3SelfTrain`), labels from the frozen stage-1 model (teacher):
        L_2 = lambda_pos * CE(z, yhat) + lambda_neg * L_neg
    positive labels       yhat_p = c = argmax p_p if m_p >= t_{n,c}, else ignored, with the
@@ -32,6 +34,11 @@ e_p = H(p_p) / log C (normalised entropy, in [0, 1]), P the pixels of a batch.
                          image n predicted c, cap), K = ceil(top_k * #those pixels);
    negative labels       N_pc = [p_pc < tau] (tau = 0.05: classes the pixel surely is not);
    complementary CE      L_neg = -sum_{p,c} N_pc log(1 - p_pc) / sum_{p,c} N_pc.
+   The student reads a recoloured copy x' = `random_photometric`(x, jitter) (jitter 0.3 by default): per
+   image, brightness b ~ U(-s, s), contrast c ~ U(1 - s, 1 + s) about the image mean, a random channel
+   order, grey with probability s / 2 (s = jitter); the teacher labels x itself. Pixels never move, so
+   the labels stay valid, and the student must find the digits whatever the background's colours:
+   target-test's photos are others than target-train's (B5 chose 0.3 on photo-disjoint validation).
 3. Information propagation (`Das3Propagate`), a copy of the stage-2 model (frozen teacher) labels:
    images ranked by mean entropy ebar_n = (1/|P_n|) sum_p e_p; the `easy_share` (30%) lowest are
    confident ("easy"), the rest hard. Easy images train on the teacher's argmax labels; each hard
@@ -39,7 +46,8 @@ e_p = H(p_p) / log C (normalised entropy, in [0, 1]), P the pixels of a batch.
        M = [yhat_a in S],  S = ceil(n_a / 2) classes drawn from the n_a classes of yhat_a,
        x = M x_a + (1 - M) x_b,   y = M yhat_a + (1 - M) yhat_b,
    hard images' labels being the stage-2 positive labels, and
-       L_3 = lambda_easy * CE(z_easy, yhat_easy) + lambda_mix * CE(z_mix, y_mix).
+       L_3 = lambda_easy * CE(z_easy, yhat_easy) + lambda_mix * CE(z_mix, y_mix),
+   z computed, as in stage 2, on the recoloured (easy and mixed) images, labels from the originals.
 
 The loss functions are plain functions of tensors (tests/adapt/test_das3.py checks each against a
 hand computation). `Das3.run` chains the stages: a stage whose folder holds metrics.json is done
@@ -244,6 +252,43 @@ def class_mix(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torc
     return torch.where(m.unsqueeze(-3), x_a, x_b), torch.where(m, y_a, y_b)
 
 
+def photometric_transform(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, perm: torch.Tensor,
+                          gray: torch.Tensor) -> torch.Tensor:
+    """Per-image colour change of x (N, 3, H, W) in [0, 1], image n by its own (b_n, c_n, pi_n, g_n):
+        u = clamp(c_n (x_n - xbar_n) + xbar_n + b_n, 0, 1),  xbar_n = mean of x_n over channels and pixels,
+        v = u[pi_n]  (channels permuted),   x'_n = mean_k v_k on every channel if g_n else v.
+    brightness, contrast (N,), perm (N, 3) channel orders, gray (N,) bool. Pixel positions never move, so
+    pixel labels stay valid."""
+    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must be an (N, 3, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    n = x.shape[0]
+    if brightness.shape != (n,) or contrast.shape != (n,) or gray.shape != (n,) or perm.shape != (n, 3):
+        raise ValueError(f"need brightness, contrast, gray of shape ({n},) and perm ({n}, 3)")
+    if bool((torch.sort(perm.long(), dim=1).values != torch.arange(3, device=perm.device)).any()):
+        raise ValueError("each perm row must be an order of the channels 0, 1, 2")
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    u = (contrast.view(n, 1, 1, 1) * (x - mean) + mean + brightness.view(n, 1, 1, 1)).clamp(0.0, 1.0)
+    v = torch.gather(u, 1, perm.long().view(n, 3, 1, 1).expand_as(u))
+    return torch.where(gray.view(n, 1, 1, 1).to(torch.bool), v.mean(dim=1, keepdim=True).expand_as(v), v)
+
+
+def random_photometric(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`photometric_transform` with b_n ~ U(-s, s), c_n ~ U(1 - s, 1 + s), pi_n a uniform random channel order and
+    g_n ~ Bernoulli(s / 2), s = strength in [0, 1]; s = 0 returns x unchanged. Draws on CPU from `generator`."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if strength == 0:
+        return x
+    n = x.shape[0]
+    s = float(strength)
+    b = (torch.rand(n, generator=generator) * 2 - 1) * s
+    c = 1 + (torch.rand(n, generator=generator) * 2 - 1) * s
+    perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(n)])
+    g = torch.rand(n, generator=generator) < s / 2
+    d = x.device
+    return photometric_transform(x, b.to(d), c.to(d), perm.to(d), g.to(d))
+
+
 # ------------------------------------------------------------------------------------------------
 # the three stages as Methods of the engine (target stream only)
 # ------------------------------------------------------------------------------------------------
@@ -331,6 +376,22 @@ def bn_adapt_target(engine: Any, model: nn.Module) -> int:
     return n_bn
 
 
+def bn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The BatchNorm layers' affine scales and shifts (gamma, beta) outside the classifier head(s):
+    what TENT (Wang et al. 2021) adapts, every other weight staying as trained."""
+    heads = {id(p) for h in _heads(model) for p in h.parameters()}
+    net = getattr(model, "model", model)
+    return [p for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in (m.weight, m.bias) if p is not None and id(p) not in heads]
+
+
+def _check_jitter(jitter: Any) -> float:
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0.0 <= float(jitter) <= 1.0:
+        raise ShiftkitError(f"jitter must be a number in [0, 1], got {jitter!r}", None,
+                            "the student's colour-change strength (random_photometric), e.g. 0.3; 0 turns it off")
+    return float(jitter)
+
+
 def _log(engine: Any, record: dict[str, Any]) -> None:
     run = getattr(engine, "run", None)
     if run is not None and hasattr(run, "log"):
@@ -366,11 +427,17 @@ class Das3Align(_Das3Stage):
 
     name = STAGE_NAMES[1]
     stage = 1
+    TRAIN = ("body", "bn")
 
     def __init__(self, alpha: float = 0.5, gamma: float = 2.0, certain: float = 0.5, lambda_ent: float = 1.0,
                  lambda_div: float = 1.0, prior: Any = None, prior_smoothing: float = 0.01, prior_from: str = "hard",
-                 bn_adapt: bool = True, ignore_index: int = IGNORE_INDEX):
+                 bn_adapt: bool = True, train: str = "body", jitter: float = 0.0, ignore_index: int = IGNORE_INDEX):
         super().__init__(ignore_index)
+        self.jitter = _check_jitter(jitter)
+        if train not in self.TRAIN:
+            raise ShiftkitError(f"train must be one of {', '.join(self.TRAIN)}, got {train!r}", None,
+                                "body: every parameter but the classifier's; bn: only BatchNorm scales and shifts (TENT)")
+        self.train = train
         if not isinstance(bn_adapt, bool):
             raise ShiftkitError(f"bn_adapt must be true or false, got {bn_adapt!r}", None,
                                 "true: re-estimate BatchNorm statistics on the target before stage 1 (AdaBN)")
@@ -396,6 +463,11 @@ class Das3Align(_Das3Stage):
 
     def freeze(self, model: nn.Module) -> list[nn.Parameter]:
         self.frozen = [p for h in _heads(model) for p in h.parameters() if p.requires_grad]
+        if self.train == "bn":
+            keep = {id(p) for p in bn_affine_parameters(model)}
+            seen = {id(p) for p in self.frozen}
+            self.frozen += [p for p in getattr(model, "model", model).parameters()
+                            if p.requires_grad and id(p) not in keep and id(p) not in seen]
         for p in self.frozen:
             p.requires_grad_(False)
         return self.frozen
@@ -433,7 +505,7 @@ class Das3Align(_Das3Stage):
     def phases(self, net, batch, step: StepInfo) -> list[Phase]:
         for h in _heads(net):
             h.eval()
-        losses, logs = self.losses(self._logits(net, batch["target"]["x"]))
+        losses, logs = self.losses(self._logits(net, random_photometric(batch["target"]["x"], self.jitter)))
         return [Phase(losses, ("model",), logs)]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -446,7 +518,8 @@ class Das3Align(_Das3Stage):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha, "gamma": self.gamma, "certain": self.certain,
                 "lambda_ent": self.lambda_ent, "lambda_div": self.lambda_div, "prior": self.given_prior,
-                "prior_smoothing": self.prior_smoothing, "prior_from": self.prior_from, "bn_adapt": self.bn_adapt}
+                "prior_smoothing": self.prior_smoothing, "prior_from": self.prior_from, "bn_adapt": self.bn_adapt,
+                "train": self.train, "jitter": self.jitter}
 
 
 class Das3SelfTrain(_Das3Stage):
@@ -457,8 +530,9 @@ class Das3SelfTrain(_Das3Stage):
     stage = 2
 
     def __init__(self, top_k: float = 0.5, cap: float = 0.9, tau: float = 0.05, lambda_pos: float = 1.0,
-                 lambda_neg: float = 1.0, ignore_index: int = IGNORE_INDEX):
+                 lambda_neg: float = 1.0, jitter: float = 0.3, ignore_index: int = IGNORE_INDEX):
         super().__init__(ignore_index)
+        self.jitter = _check_jitter(jitter)
         if not 0.0 < float(top_k) <= 1.0:
             raise ShiftkitError(f"top_k must be in (0, 1], got {top_k}", None, "the share of each class's pixels kept, e.g. 0.5")
         if not 0.0 < float(cap) <= 1.0:
@@ -489,13 +563,13 @@ class Das3SelfTrain(_Das3Stage):
 
     def phases(self, net, batch, step: StepInfo) -> list[Phase]:
         x = batch["target"]["x"]
-        probs = self._teacher_probs(x)
-        losses, logs = self.losses(self._logits(net, x), probs)
+        probs = self._teacher_probs(x)  # the teacher sees the image as it is, the student a recoloured copy
+        losses, logs = self.losses(self._logits(net, random_photometric(x, self.jitter)), probs)
         return [Phase(losses, ("model",), logs)]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "top_k": self.top_k, "cap": self.cap, "tau": self.tau, "lambda_pos": self.lambda_pos,
-                "lambda_neg": self.lambda_neg}
+                "lambda_neg": self.lambda_neg, "jitter": self.jitter}
 
 
 class Das3Propagate(_Das3Stage):
@@ -506,8 +580,9 @@ class Das3Propagate(_Das3Stage):
     MIX_FROM = ("hard", "easy", "any")
 
     def __init__(self, easy_share: float = 0.3, top_k: float = 0.5, cap: float = 0.9, lambda_easy: float = 1.0,
-                 lambda_mix: float = 1.0, mix_from: str = "hard", ignore_index: int = IGNORE_INDEX):
+                 lambda_mix: float = 1.0, mix_from: str = "hard", jitter: float = 0.3, ignore_index: int = IGNORE_INDEX):
         super().__init__(ignore_index)
+        self.jitter = _check_jitter(jitter)
         if not 0.0 < float(easy_share) < 1.0:
             raise ShiftkitError(f"easy_share must be in (0, 1), got {easy_share}", None, "e.g. 0.3 (the easiest 30%)")
         if not 0.0 < float(top_k) <= 1.0 or not 0.0 < float(cap) <= 1.0:
@@ -583,7 +658,7 @@ class Das3Propagate(_Das3Stage):
         easy = self.easy[t["index"].cpu()].to(x.device)
         parts = self.make_batch(x, self._teacher_probs(x), easy)
         xs = [parts[k][0] for k in ("easy", "hard") if k in parts]
-        z = self._logits(net, torch.cat(xs))
+        z = self._logits(net, random_photometric(torch.cat(xs), self.jitter))
         losses: dict[str, torch.Tensor] = {}
         n_e = parts["easy"][0].shape[0] if "easy" in parts else 0
         if "easy" in parts and self.lambda_easy > 0:
@@ -605,7 +680,8 @@ class Das3Propagate(_Das3Stage):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "easy_share": self.easy_share, "top_k": self.top_k, "cap": self.cap,
-                "lambda_easy": self.lambda_easy, "lambda_mix": self.lambda_mix, "mix_from": self.mix_from}
+                "lambda_easy": self.lambda_easy, "lambda_mix": self.lambda_mix, "mix_from": self.mix_from,
+                "jitter": self.jitter}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -766,6 +842,7 @@ __all__ = [
     "Das3Propagate",
     "Das3SelfTrain",
     "bn_adapt_target",
+    "bn_affine_parameters",
     "category_thresholds",
     "class_mix",
     "complementary_cross_entropy",
@@ -774,7 +851,9 @@ __all__ = [
     "mix_classes",
     "negative_pseudo_labels",
     "parse_stages",
+    "photometric_transform",
     "positive_pseudo_labels",
+    "random_photometric",
     "smoothed_prior",
     "split_easy_hard",
     "weighted_diversity_loss",

@@ -50,6 +50,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     a.add_argument("--prior-smoothing", type=float, default=0.01, help="das3 stage 1: prior mixed with this share of uniform")
     a.add_argument("--no-bn-adapt", dest="bn_adapt", action="store_false",
                    help="das3 stage 1: keep the source BatchNorm statistics (default: re-estimate them on the target, AdaBN)")
+    a.add_argument("--train-params", default="body", choices=["body", "bn"],
+                   help="das3 stage 1: parameters trained: body (all but the classifier) or bn (BatchNorm scales/shifts only, TENT)")
+    a.add_argument("--align-jitter", type=float, default=0.0,
+                   help="das3 stage 1: colour-change strength of the images the losses read (0: none)")
+    a.add_argument("--jitter", type=float, default=0.3,
+                   help="das3 stages 2-3: colour-change strength of the student's images (the teacher labels the originals)")
     a.add_argument("--top-k", type=float, default=0.5, help="das3 stages 2-3: share of each class's pixels per image kept as pseudo labels")
     a.add_argument("--tau", type=float, default=0.05, help="das3 stage 2: classes below this probability are negative labels")
     a.add_argument("--easy-share", type=float, default=0.3, help="das3 stage 3: share of target images taken as easy (lowest entropy)")
@@ -78,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
         method = build_sourcefree_method("das3", stages=args.stages,
                                          stage1={"alpha": args.alpha, "gamma": args.gamma, "lambda_div": args.lambda_div,
                                                  "prior_from": args.prior_from, "prior_smoothing": args.prior_smoothing,
-                                                 "bn_adapt": args.bn_adapt},
-                                         stage2={"top_k": args.top_k, "tau": args.tau},
-                                         stage3={"top_k": args.top_k, "easy_share": args.easy_share})
+                                                 "bn_adapt": args.bn_adapt, "train": args.train_params,
+                                                 "jitter": args.align_jitter},
+                                         stage2={"top_k": args.top_k, "tau": args.tau, "jitter": args.jitter},
+                                         stage3={"top_k": args.top_k, "easy_share": args.easy_share, "jitter": args.jitter})
     else:
         method = build_sourcefree_method(args.method, beta=args.beta, im_weight=args.im_weight)  # bad options fail first
     model = load_model(args.model, args.arch)
