@@ -271,6 +271,19 @@ def test_cli_adapt_state_dict_with_arch(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["method"] == "shot" and "target_test_accuracy" in r and r["uses_target_labels"] is False
     assert (tmp_path / "run" / "checkpoints" / "best.safetensors").is_file()
+    # balanced labels and the self-training stage: OUT/selftrain from SHOT's choice, both in the JSON
+    rc = main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--target-test", str(test),
+               "--out", str(tmp_path / "run2"), "--epochs", "1", "--batch-size", "8", "--balanced-labels",
+               "--selftrain-epochs", "2", "--no-progress", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    config = json.loads((tmp_path / "run2" / "config.json").read_text())
+    assert config["resolved"]["method"]["balanced_labels"] is True
+    assert r["selftrain"]["method"] == "shot_selftrain" and "target_test_accuracy" in r["selftrain"]
+    assert (tmp_path / "run2" / "selftrain" / "checkpoints" / "best.safetensors").is_file()
+    assert main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--out", str(tmp_path / "r3"),
+                 "--selftrain-epochs", "-1"]) == 2
+    assert "--selftrain-epochs" in capsys.readouterr().err
     # no architecture for a plain state_dict: one-line error, exit 2
     assert main(["adapt", "--model", str(pth), "--target", str(target), "--out", str(tmp_path / "r2")]) == 2
     assert "--arch" in capsys.readouterr().err
@@ -309,7 +322,7 @@ def test_selftrain_run_through_the_engine(tmp_path):
     torch.manual_seed(0)
     model = build("svhn_net", input_size=8, num_classes=2)
     head_before = [p.detach().clone() for p in model.head.parameters()]
-    method = ShotSelfTrain(confident_fraction=0.5)
+    method = ShotSelfTrain(confident_fraction=0.5, relabel="once", consistency_weight=0.0, train_head=False)
     m = adapt(model, _Digits(24, 1, False, 0.2), method=method, out=tmp_path / "st",
               epochs=2, batch_size=8, seed=0, device="cpu", progress=False)
     assert m["method"] == "shot_selftrain" and m["uses_target_labels"] is False
@@ -319,9 +332,9 @@ def test_selftrain_run_through_the_engine(tmp_path):
 
 
 def test_selftrain_fraction_schedule_and_bad_arguments():
-    grow = ShotSelfTrain(confident_fraction=0.3, final_fraction=0.9, relabel="epoch")
+    grow = ShotSelfTrain()  # the defaults: B4's schedule
     assert [round(grow.fraction_at(e, 4), 6) for e in range(4)] == [0.3, 0.5, 0.7, 0.9]
-    assert ShotSelfTrain(confident_fraction=0.3, final_fraction=0.9).fraction_at(3, 4) == 0.3  # relabel once
+    assert ShotSelfTrain(confident_fraction=0.3, final_fraction=0.9, relabel="once").fraction_at(3, 4) == 0.3
     for kwargs, word in (({"final_fraction": 1.5}, "final_fraction"), ({"relabel": "step"}, "relabel"),
                          ({"tau": 0}, "tau"), ({"consistency_weight": -1}, "consistency_weight")):
         with pytest.raises(ShiftkitError, match=word):

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_workers, epilog
+from shiftkit.common_args import (
+    add_device,
+    add_json,
+    add_no_progress,
+    add_on_bad,
+    add_seed,
+    add_workers,
+    epilog,
+)
+from shiftkit.errors import ShiftkitError
 
 HELP = "adapt a trained model to unlabeled target images without its source data (SHOT, DAS3)"
 
@@ -19,6 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = epilog(
         "shiftkit adapt --model ccexam:svhn --target data/mnist/train --target-test data/mnist/test --method shot --out runs/shot",
         "shiftkit adapt --model svhn.pth --arch svhn_net --target T --out runs/shot --epochs 10",
+        "shiftkit adapt --model ccexam:svhn --target T --balanced-labels --selftrain-epochs 16 --out runs/shot2",
         "shiftkit adapt --model runs/train/checkpoints/best.safetensors --target T --out runs/shot",
         "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --target-test TT --method das3 --out runs/das3",
         "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --method das3 --stages 1,2 --out runs/das3",
@@ -41,6 +52,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="shot (classification) or das3 (segmentation)")
     a.add_argument("--beta", type=float, default=0.3, help="shot: pseudo-label loss weight (paper: 0.3)")
     a.add_argument("--im-weight", type=float, default=1.0, help="shot: information-maximisation weight")
+    a.add_argument("--balanced-labels", action="store_true",
+                   help="shot: centroid pseudo labels under equal class shares (Sinkhorn; for balanced targets)")
+    a.add_argument("--selftrain-epochs", type=int, default=0,
+                   help="shot: then a self-training stage (OUT/selftrain) of this many epochs from SHOT's choice: "
+                        "labels refreshed every epoch, the most certain share of each class growing 0.3 -> 0.9, "
+                        "FixMatch consistency on the rest (0 = none)")
+    a.add_argument("--selftrain-lr", type=float, default=0.01, help="shot: learning rate of the self-training stage")
     a.add_argument("--stages", default="1,2,3", help="das3: stages to run, e.g. 1,2,3 or 2,3 (ablations)")
     a.add_argument("--alpha", type=float, default=0.5, help="das3 stage 1: weight of certain pixels (uncertain: 1 - alpha)")
     a.add_argument("--gamma", type=float, default=2.0, help="das3 stage 1: focal exponent shrinking confident pixels' loss")
@@ -89,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
                                          stage2={"top_k": args.top_k, "tau": args.tau, "jitter": args.jitter},
                                          stage3={"top_k": args.top_k, "easy_share": args.easy_share, "jitter": args.jitter})
     else:
-        method = build_sourcefree_method(args.method, beta=args.beta, im_weight=args.im_weight)  # bad options fail first
+        method = build_sourcefree_method(args.method, beta=args.beta, im_weight=args.im_weight,  # bad options fail first
+                                         balanced_labels=args.balanced_labels)
+        if args.selftrain_epochs < 0:
+            raise ShiftkitError(f"--selftrain-epochs must be >= 0, got {args.selftrain_epochs}", None, "pass 0 for none")
     model = load_model(args.model, args.arch)
     settings = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("weight_decay", args.weight_decay)) if v is not None}
@@ -105,6 +126,17 @@ def run(args: argparse.Namespace) -> int:
         iters_per_epoch=args.iters_per_epoch, seed=args.seed, device=args.device, workers=args.workers, resume=args.resume,
         on_bad=args.on_bad, progress=not args.no_progress, **settings,
     )
+    if args.method == "shot" and args.selftrain_epochs:
+        from shiftkit.adapt.shot import ShotSelfTrain
+
+        stage2 = ShotSelfTrain()
+        settings.update(epochs=args.selftrain_epochs, lr=args.selftrain_lr)
+        r2 = adapt(
+            load_model(r["checkpoint"]), args.target, method=stage2, target_test=args.target_test,
+            out=Path(args.out) / "selftrain", iters_per_epoch=args.iters_per_epoch, seed=args.seed, device=args.device,
+            workers=args.workers, resume=args.resume, on_bad=args.on_bad, progress=not args.no_progress, **settings,
+        )
+        r = {**r, "selftrain": {k: v for k, v in r2.items() if k != "history"}}
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "history"}, indent=2))
         return 0
@@ -116,13 +148,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"  stage {k} {st['status']:9s} {figs}")
         print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
         return 0
-    sel = r["selected"]
-    print(f"{r['method']} (source-free): selected epoch {None if r['selected_epoch'] is None else r['selected_epoch'] + 1} "
-          f"by {r['select']} ({r['wall_s']:.1f} s)")
-    for k in ("target_test_accuracy", "target_test_balanced_accuracy", "select_im"):
-        if k in sel:
-            print(f"  {k:32s} {sel[k]:.4f}")
-    if r["skipped_images"]:
-        print(f"  skipped {len(r['skipped_images'])} unreadable image(s), listed in {r['out']}/metrics.json")
-    print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
+    for stage in (r, r.get("selftrain")):
+        if stage is None:
+            continue
+        sel = stage["selected"]
+        print(f"{stage['method']} (source-free): selected epoch "
+              f"{None if stage['selected_epoch'] is None else stage['selected_epoch'] + 1} by {stage['select']} ({stage['wall_s']:.1f} s)")
+        for k in ("target_test_accuracy", "target_test_balanced_accuracy", "select_im"):
+            if k in sel:
+                print(f"  {k:32s} {sel[k]:.4f}")
+        if stage["skipped_images"]:
+            print(f"  skipped {len(stage['skipped_images'])} unreadable image(s), listed in {stage['out']}/metrics.json")
+        print(f"run folder: {stage['out']}  (model: {stage['checkpoint']})")
     return 0
