@@ -43,7 +43,9 @@ RESULT = ROOT / "results" / "svhn2mnist_sourcefree.json"
 HOW_CHOSEN = ("the defaults (SHOT lr 0.05 / beta 0.3 with balanced labels; the stage-2 recipe) were picked from single-seed "
               "probes scored on MNIST validation (labels of the 10k validation split, a curve only); the test split only "
               "scores the final runs. Earlier settings (paper lr 0.01 / beta 0.1, labels fixed once, no consistency term) "
-              "gave 0.853 / 0.876 on 3 seeds")
+              "gave 0.853 / 0.876 on 3 seeds; this recipe with 16 stage-2 epochs gave 0.963 [0.916, 0.964, 0.963]. "
+              "32 epochs (the default since) were chosen from seed 0's MNIST-validation curve (0.934 half way through "
+              "32 epochs against 0.920 at the end of 16), after the 16-epoch test figures had been seen")
 
 
 class DigitSet:
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beta", type=float, default=0.3, help="SHOT pseudo-label weight (the paper's digits cls_par: 0.1; 0.3 in its other settings)")
     ap.add_argument("--balanced-labels", action=argparse.BooleanOptionalAction, default=True,
                     help="centroid pseudo labels under equal class shares (Sinkhorn), not plain nearest centroid")
-    ap.add_argument("--selftrain-epochs", type=int, default=16,
+    ap.add_argument("--selftrain-epochs", type=int, default=32,
                     help="stage 2 (SHOT++-style self-training on confident labels, augmented) epochs; 0 = SHOT only")
     ap.add_argument("--confident-fraction", type=float, default=0.3, help="stage 2: most certain share of each predicted class")
     ap.add_argument("--final-fraction", type=float, default=0.9, help="stage 2 with --relabel epoch: the share at the last epoch")
