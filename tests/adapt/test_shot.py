@@ -368,6 +368,43 @@ def test_selftrain_relabels_every_epoch_with_a_growing_share(tmp_path):
     head_before = [p.detach().clone() for p in model.head.parameters()]
     adapt(model, _Digits(24, 1, False, 0.2), method=method, out=tmp_path / "st",
           epochs=2, batch_size=8, seed=0, device="cpu", progress=False)
-    assert method.epoch == 2 and int((method.pseudo_labels >= 0).sum()) == 24  # the last epoch labels every image
+    assert method.labels_epoch == 1 and int((method.pseudo_labels >= 0).sum()) == 24  # the last epoch labels every image
     assert not all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))  # the head trained
-    assert int(method.state_dict()["epoch"]) == 2
+    assert int(method.state_dict()["labels_epoch"]) == 1
+
+
+def test_selftrain_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
+    """The resumed epoch keeps the labels it started with (not relabelled by the half-trained model)."""
+    from safetensors.torch import load_file
+
+    from shiftkit.adapt.sourcefree import SHOT_DEFAULTS, SourceFreeEngine
+    from shiftkit.train.engine import TrainConfig
+
+    target = _Digits(24, 1, False, 0.2)  # one object: --resume checks the settings are the same
+
+    def run(out, hooks=None, resume=False):
+        torch.manual_seed(0)
+        model = build("svhn_net", input_size=8, num_classes=2)
+        cfg = TrainConfig(source=None, target=target, out=str(out), method="shot_selftrain",
+                          **{**SHOT_DEFAULTS, "select": "label-free", "epochs": 2, "batch_size": 8, "seed": 0,
+                             "device": "cpu", "progress": False, "ckpt_every": 1, "resume": resume})
+        method = ShotSelfTrain(confident_fraction=0.25, final_fraction=1.0)
+        return SourceFreeEngine(cfg, model=model, method=method, hooks=hooks).run_training(), method
+
+    def kill_at(step):
+        def hook(engine, global_step):
+            if global_step == step:
+                raise KeyboardInterrupt("simulated kill")
+
+        return hook
+
+    _, method_a = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", hooks={"step_end": kill_at(4)})  # 3 steps per epoch: killed inside epoch 2
+    _, method_b = run(tmp_path / "b", resume=True)
+    assert torch.equal(method_a.pseudo_labels, method_b.pseudo_labels) and method_b.labels_epoch == 1
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k

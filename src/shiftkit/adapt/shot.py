@@ -212,7 +212,7 @@ class Shot(Method):
         self.relabel(feats, r["probs"], r["index"], engine.stream_size("target"))
 
     def set_train_modes(self, net: nn.Module) -> None:
-        """Head frozen in eval mode; with `feature_dropout=False` every Dropout outside the head too."""
+        """Head (when frozen) in eval mode; with `feature_dropout=False` every Dropout in eval mode too."""
         if self.head is not None:
             self.head.eval()  # frozen: no dropout, no statistics updates
         if not self.feature_dropout:
@@ -307,7 +307,7 @@ class ShotSelfTrain(Shot):
         self.confident_fraction, self.final_fraction = float(confident_fraction), float(final_fraction)
         self.augment, self.relabel_mode, self.train_head = bool(augment), relabel, bool(train_head)
         self.consistency_weight, self.tau = float(consistency_weight), float(tau)
-        self.epoch = 0  # epochs started (kept in state_dict: a resumed run continues the fraction schedule)
+        self.labels_epoch = -1  # the epoch whose start made `pseudo_labels` (kept in state_dict for resume)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "streams": list(self.streams), "confident_fraction": self.confident_fraction,
@@ -341,22 +341,16 @@ class ShotSelfTrain(Shot):
         return self.confident_fraction + t * (self.final_fraction - self.confident_fraction)
 
     def on_epoch_start(self, engine: Any) -> None:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        if self.pseudo_labels is not None and self.relabel_mode == "once":  # fixed (and restored on resume)
+        """Label the target set: once, or at every epoch's start. The epoch comes from the engine's
+        step count, so a run resumed mid-epoch keeps the labels that epoch started with."""
+        epoch = engine.global_step // engine.iters_per_epoch
+        if self.pseudo_labels is not None and (self.relabel_mode == "once" or self.labels_epoch == epoch):
             return
         r = engine.infer("target")
         full = torch.full((engine.stream_size("target"),), -1, dtype=torch.long)
         fraction = self.fraction_at(epoch, engine.cfg.epochs)
         full[r["index"].long()] = self.confident_labels(r["probs"], fraction).cpu()
-        self.pseudo_labels = full
-
-    def set_train_modes(self, net: nn.Module) -> None:
-        if not self.train_head:
-            super().set_train_modes(net)
-        elif not self.feature_dropout:
-            for m in net.modules():
-                if isinstance(m, nn.modules.dropout._DropoutNd):
-                    m.eval()
+        self.pseudo_labels, self.labels_epoch = full, epoch
 
     def phases(self, net: nn.Module, batch: dict, step: StepInfo) -> list[Phase]:
         self.set_train_modes(net)
@@ -371,9 +365,10 @@ class ShotSelfTrain(Shot):
             conf, guess = p.max(1)
             logs = {"ent": float(entropy(p).mean()), "div": float(entropy(p.mean(0), dim=0))}
         unlabelled = (y < 0) & (conf >= self.tau)
-        if bool((y >= 0).any()) or (self.consistency_weight > 0 and bool(unlabelled.any())):
+        has_labels = bool((y >= 0).any())
+        if has_labels or (self.consistency_weight > 0 and bool(unlabelled.any())):
             _, z_aug = net(random_affine(t["x"]) if self.augment else t["x"])
-            losses["pl"] = self.beta * cross_entropy(z_aug, y, ignore_index=-1) if bool((y >= 0).any()) else z_aug.sum() * 0
+            losses["pl"] = self.beta * cross_entropy(z_aug, y, ignore_index=-1) if has_labels else z_aug.sum() * 0
             if self.consistency_weight > 0:
                 # FixMatch: mean over the whole batch, masked (fewer confident guesses, smaller term)
                 ce = F.cross_entropy(z_aug.float(), guess, reduction="none")
@@ -384,11 +379,11 @@ class ShotSelfTrain(Shot):
         return [Phase(losses, ("model",), logs)]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**super().state_dict(), "epoch": torch.tensor(self.epoch)}
+        return {**super().state_dict(), "labels_epoch": torch.tensor(self.labels_epoch)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state_dict(state)
-        self.epoch = int(state["epoch"]) if "epoch" in state else 0
+        self.labels_epoch = int(state["labels_epoch"]) if "labels_epoch" in state else -1
 
 
 __all__ = ["Shot", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "random_affine", "shot_loss"]

@@ -121,21 +121,16 @@ def run(args: argparse.Namespace) -> int:
         size = ((read_weights(args.model)[1] or {}).get("input_size") or [None])[0]
     if size is not None:
         settings["size"] = int(size)
-    r = adapt(
-        model, args.target, method=method, target_test=args.target_test, out=args.out,
-        iters_per_epoch=args.iters_per_epoch, seed=args.seed, device=args.device, workers=args.workers, resume=args.resume,
-        on_bad=args.on_bad, progress=not args.no_progress, **settings,
-    )
+    run_options = {"target_test": args.target_test, "iters_per_epoch": args.iters_per_epoch, "seed": args.seed,
+                   "device": args.device, "workers": args.workers, "resume": args.resume, "on_bad": args.on_bad,
+                   "progress": not args.no_progress}
+    r = adapt(model, args.target, method=method, out=args.out, **run_options, **settings)
     if args.method == "shot" and args.selftrain_epochs:
         from shiftkit.adapt.shot import ShotSelfTrain
 
-        stage2 = ShotSelfTrain()
         settings.update(epochs=args.selftrain_epochs, lr=args.selftrain_lr)
-        r2 = adapt(
-            load_model(r["checkpoint"]), args.target, method=stage2, target_test=args.target_test,
-            out=Path(args.out) / "selftrain", iters_per_epoch=args.iters_per_epoch, seed=args.seed, device=args.device,
-            workers=args.workers, resume=args.resume, on_bad=args.on_bad, progress=not args.no_progress, **settings,
-        )
+        r2 = adapt(load_model(r["checkpoint"]), args.target, method=ShotSelfTrain(), out=Path(args.out) / "selftrain",
+                   **run_options, **settings)
         r = {**r, "selftrain": {k: v for k, v in r2.items() if k != "history"}}
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "history"}, indent=2))
