@@ -339,6 +339,13 @@ def test_stage1_bn_adapt_re_estimates_batchnorm_statistics_by_hand():
     assert torch.equal(off.backbone.blocks[0][1].running_mean, bn0.running_mean)
     # a model without BatchNorm: nothing to re-estimate
     assert bn_adapt_target(eng, torch.nn.Sequential(torch.nn.Conv2d(3, C, 1))) == 0
+    # resuming: the checkpoint brings statistics and prior, so setup makes no pass over the target
+    resumed = __import__("copy").deepcopy(start)
+    eng.model = eng.net = resumed
+    eng.resuming = True
+    m = Das3Align()
+    m.setup(eng)
+    assert torch.equal(resumed.backbone.blocks[0][1].running_mean, bn0.running_mean) and m.prior is None
 
 
 def test_stage2_trains_the_model_against_a_frozen_teacher():

@@ -404,8 +404,9 @@ class _Das3Stage(Method):
     task = "segmentation"
     stage = 0
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, ignore_index: int = IGNORE_INDEX, jitter: float = 0.0):
         self.ignore_index = int(ignore_index)
+        self.jitter = _check_jitter(jitter)  # colour-change strength of the images the student reads
         self.teacher: nn.Module | None = None
 
     def _logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -419,7 +420,7 @@ class _Das3Stage(Method):
         return F.softmax(self.teacher(x).float(), dim=1)
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "stage": self.stage, "streams": list(self.streams)}
+        return {"name": self.name, "stage": self.stage, "streams": list(self.streams), "jitter": self.jitter}
 
 
 class Das3Align(_Das3Stage):
@@ -432,8 +433,7 @@ class Das3Align(_Das3Stage):
     def __init__(self, alpha: float = 0.5, gamma: float = 2.0, certain: float = 0.5, lambda_ent: float = 1.0,
                  lambda_div: float = 1.0, prior: Any = None, prior_smoothing: float = 0.01, prior_from: str = "hard",
                  bn_adapt: bool = True, train: str = "body", jitter: float = 0.0, ignore_index: int = IGNORE_INDEX):
-        super().__init__(ignore_index)
-        self.jitter = _check_jitter(jitter)
+        super().__init__(ignore_index, jitter)
         if train not in self.TRAIN:
             raise ShiftkitError(f"train must be one of {', '.join(self.TRAIN)}, got {train!r}", None,
                                 "body: every parameter but the classifier's; bn: only BatchNorm scales and shifts (TENT)")
@@ -479,7 +479,9 @@ class Das3Align(_Das3Stage):
 
     def setup(self, engine: Any) -> None:
         self.freeze(engine.model)
-        if self.bn_adapt:  # on resume the checkpoint's model (and statistics) replace this afterwards
+        if getattr(engine, "resuming", False):  # the checkpoint brings the adapted statistics and the prior
+            return
+        if self.bn_adapt:
             n_bn = bn_adapt_target(engine, engine.model)
             _log(engine, {"event": "das3_bn_adapt", "batchnorm_layers": n_bn})
         c = int(getattr(engine, "num_classes", 0) or seg_model(engine.model).num_classes)
@@ -519,7 +521,7 @@ class Das3Align(_Das3Stage):
         return {**super().config(), "alpha": self.alpha, "gamma": self.gamma, "certain": self.certain,
                 "lambda_ent": self.lambda_ent, "lambda_div": self.lambda_div, "prior": self.given_prior,
                 "prior_smoothing": self.prior_smoothing, "prior_from": self.prior_from, "bn_adapt": self.bn_adapt,
-                "train": self.train, "jitter": self.jitter}
+                "train": self.train}
 
 
 class Das3SelfTrain(_Das3Stage):
@@ -531,8 +533,7 @@ class Das3SelfTrain(_Das3Stage):
 
     def __init__(self, top_k: float = 0.5, cap: float = 0.9, tau: float = 0.05, lambda_pos: float = 1.0,
                  lambda_neg: float = 1.0, jitter: float = 0.3, ignore_index: int = IGNORE_INDEX):
-        super().__init__(ignore_index)
-        self.jitter = _check_jitter(jitter)
+        super().__init__(ignore_index, jitter)
         if not 0.0 < float(top_k) <= 1.0:
             raise ShiftkitError(f"top_k must be in (0, 1], got {top_k}", None, "the share of each class's pixels kept, e.g. 0.5")
         if not 0.0 < float(cap) <= 1.0:
@@ -569,7 +570,7 @@ class Das3SelfTrain(_Das3Stage):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "top_k": self.top_k, "cap": self.cap, "tau": self.tau, "lambda_pos": self.lambda_pos,
-                "lambda_neg": self.lambda_neg, "jitter": self.jitter}
+                "lambda_neg": self.lambda_neg}
 
 
 class Das3Propagate(_Das3Stage):
@@ -581,8 +582,7 @@ class Das3Propagate(_Das3Stage):
 
     def __init__(self, easy_share: float = 0.3, top_k: float = 0.5, cap: float = 0.9, lambda_easy: float = 1.0,
                  lambda_mix: float = 1.0, mix_from: str = "hard", jitter: float = 0.3, ignore_index: int = IGNORE_INDEX):
-        super().__init__(ignore_index)
-        self.jitter = _check_jitter(jitter)
+        super().__init__(ignore_index, jitter)
         if not 0.0 < float(easy_share) < 1.0:
             raise ShiftkitError(f"easy_share must be in (0, 1), got {easy_share}", None, "e.g. 0.3 (the easiest 30%)")
         if not 0.0 < float(top_k) <= 1.0 or not 0.0 < float(cap) <= 1.0:
@@ -680,8 +680,7 @@ class Das3Propagate(_Das3Stage):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "easy_share": self.easy_share, "top_k": self.top_k, "cap": self.cap,
-                "lambda_easy": self.lambda_easy, "lambda_mix": self.lambda_mix, "mix_from": self.mix_from,
-                "jitter": self.jitter}
+                "lambda_easy": self.lambda_easy, "lambda_mix": self.lambda_mix, "mix_from": self.mix_from}
 
 
 # ------------------------------------------------------------------------------------------------
