@@ -169,3 +169,27 @@ def test_options_smoke_and_init_from_checkpoint(tiny, tmp_path, fast):
     r2 = fit(tiny["source"], out=tmp_path / "init", init=str(tmp_path / "o" / "checkpoints" / "best.safetensors"),
              epochs=1, **fast)
     assert r2["selected_epoch"] == 0
+
+
+def test_amp_on_trains_in_bfloat16_on_cpu_and_keeps_float32_weights(tiny, tmp_path, fast):
+    """--amp on: CPU steps run under bfloat16 autocast (the dtype is recorded), weights and
+    checkpoints stay float32, and training still learns the tiny task."""
+    out = tmp_path / "bf16"
+    r = fit(tiny["source"], tiny["target"], target_test=tiny["target_test"], out=out, epochs=6, amp="on",
+            channels_last=True, device="cpu", **fast)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resolved"]["amp"] == "bfloat16"
+    assert r["history"][-1]["target_test_accuracy"] >= 0.9
+    w = load_file(str(out / "checkpoints" / "last.safetensors"))
+    assert {t.dtype for t in w.values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_amp_dtype_per_device_and_mode():
+    from shiftkit.device import amp_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "off") is None
+    assert amp_dtype(cpu, "on") == torch.bfloat16
+    assert amp_dtype(cuda, "auto") == torch.float16 and amp_dtype(cuda, "off") is None
+    with pytest.raises(ShiftkitError, match="amp"):
+        amp_dtype(cpu, "yes")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from shiftkit.adapt.base import Method, StepInfo
-from shiftkit.device import resolve_device
+from shiftkit.device import amp_dtype, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.train import checkpoint as ckpt
 from shiftkit.train.loaders import (
@@ -99,7 +99,7 @@ class TrainConfig:
     select_max: int = 2000
     eval_batch_size: int = 128
     eval_every: int = 1  # evaluate (and select) every N epochs; the last epoch always
-    amp: str = "auto"  # auto | on | off
+    amp: str = "auto"  # auto (CUDA float16) | on (also CPU bfloat16) | off
     channels_last: bool = False
     seed: int = 0
     device: str = "auto"
@@ -290,7 +290,7 @@ class Engine:
 
     def _autocast(self):
         if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
+            return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
         return torch.autocast(device_type="cpu", enabled=False)
 
     def _to_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -484,7 +484,7 @@ class Engine:
             return fn(step, total, warm, cfg.min_lr_ratio)
 
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in self.optimizers.items()}
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -495,9 +495,8 @@ class Engine:
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
-        self.use_amp = self.device.type == "cuda" and cfg.amp != "off"
-        if cfg.amp == "on" and self.device.type != "cuda":
-            self._log("amp asked for on CPU: ignored (mixed precision runs on CUDA only)")
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.use_amp = self.amp_dtype is not None
         self.run = RunFolder(cfg.out, enabled=self.rank == 0)
         ckpt_dir = self.run.checkpoints
         self.resuming = cfg.resume and ckpt.exists(ckpt_dir)
@@ -602,7 +601,7 @@ class Engine:
         d = _cfg_dict(self.cfg)
         d.update({
             "resolved": {
-                "device": str(self.device), "amp": self.use_amp, "size": self.size, "in_channels": self.channels,
+                "device": str(self.device), "amp": str(self.amp_dtype).replace("torch.", "") if self.use_amp else False, "size": self.size, "in_channels": self.channels,
                 "classes": self.classes, "iters_per_epoch": self.iters_per_epoch, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup, "select": self.selector.mode, "method": self.method.config(),
                 "world_size": self.world, "model_spec": getattr(self.model, "spec", None),
