@@ -91,7 +91,12 @@ def summary(values: list[float]) -> dict:
 def stage2_options(args: argparse.Namespace) -> dict:
     return {"confident_fraction": args.confident_fraction, "final_fraction": args.final_fraction,
             "relabel": args.relabel, "consistency_weight": args.consistency_weight, "tau": args.tau,
-            "train_head": args.train_head}
+            "train_head": args.train_head, "cutout": args.cutout}
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """Engine settings shared by both stages: bfloat16 autocast on CPU (`--amp on`), channels-last."""
+    return {"amp": args.amp, "channels_last": args.channels_last}
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
@@ -116,7 +121,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         model, target, method="shot", target_test=monitor, out=out,
         method_options={"beta": args.beta, "balanced_labels": args.balanced_labels}, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         iters_per_epoch=args.iters_per_epoch, seed=seed, device=str(device), progress=not args.quiet,
-        select_max=min(n, args.select_max),
+        select_max=min(n, args.select_max), **run_options(args),
     )
     wall = time.time() - t
     # the label-free choice (best.safetensors) and the last epoch (the model in memory)
@@ -136,7 +141,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
             stage2, target, method=ShotSelfTrain(**stage2_options(args)), target_test=monitor,
             out=out / "selftrain", epochs=args.selftrain_epochs, batch_size=args.batch_size, lr=args.selftrain_lr,
             iters_per_epoch=args.iters_per_epoch, seed=seed, device=str(device), progress=not args.quiet,
-            select_max=min(n, args.select_max),
+            select_max=min(n, args.select_max), **run_options(args),
         )
         wall2 = time.time() - t
         chosen2 = load_model(out / "selftrain" / "checkpoints" / "best.safetensors")
@@ -171,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--consistency-weight", type=float, default=1.0, help="stage 2: FixMatch term on the unlabelled rest (0 = off)")
     ap.add_argument("--tau", type=float, default=0.95, help="stage 2: FixMatch confidence threshold")
     ap.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=True, help="stage 2: the head trains too")
+    ap.add_argument("--cutout", type=int, default=0, help="stage 2: side of a random zeroed square on the augmented view (0 = none)")
     ap.add_argument("--selftrain-lr", type=float, default=0.01, help="stage 2 learning rate")
     ap.add_argument("--select-max", type=int, default=1000, help="target images scored for the label-free choice")
     ap.add_argument("--monitor", type=int, default=0, help="score this many MNIST-validation images every epoch (curve only; 0 = none)")
@@ -178,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
     ap.add_argument("--test-size", type=int, default=10000, help="MNIST-test images scored (smoke runs only: keep 10000)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", choices=("auto", "on", "off"), default="on",
+                    help="on: bfloat16 autocast on CPU too (about 3x faster steps on AMX processors); auto: CUDA only")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels-last memory format")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--out", default="runs/b4", help="run folders go here (one per seed, replaced)")
     ap.add_argument("--result", default=str(RESULT))
@@ -225,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                      "schedule": "lr (1+10p)^-0.75", "pseudo_labels": "recomputed over the whole target subset every epoch, clustering the pre-ReLU bottleneck features "
                                       "(as the official code); no dropout in the feature path while adapting",
                      "model_choice": f"label-free: best information-maximisation score over epochs ({args.select_max} target images)"},
+            "engine": {**run_options(args), "note": "amp 'on' = bfloat16 autocast on CPU, float16 on CUDA"},
             "wall_s_all_seeds": total_wall,
         },
         "rows": [
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                            "recipe": "starts from the stage-1 label-free choice; at each epoch start the current model labels "
                                      "the target set and per predicted class the most certain share keeps its label (share "
                                      "growing from confident_fraction to final_fraction); CE on randomly affine-augmented "
-                                     "views of those, FixMatch consistency (plain view with max p >= tau teaches the "
+                                     "(then cutout, when > 0) views of those, FixMatch consistency (plain view with max p >= tau teaches the "
                                      "augmented view) on the rest, information maximisation on the plain view; "
                                      "label-free choice over epochs"},
                 "metrics": {"accuracy": summary([r["selftrain"]["accuracy"] for r in runs]),

@@ -40,6 +40,14 @@ def add_no_progress(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_speed(p) -> None:
+    """Mixed precision and memory format of the training engine (train and adapt)."""
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="mixed precision: auto = float16 on CUDA; on = also bfloat16 on CPU "
+                        "(about 3x faster steps on AMX/AVX-512-BF16 processors); off = float32")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (often faster with --amp)")
+
+
 def add_inference(p) -> None:
     """Options of the commands that run a trained model over a folder (evaluate, predict)."""
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")

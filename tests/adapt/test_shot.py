@@ -15,6 +15,7 @@ from shiftkit.adapt.shot import (
     ShotSelfTrain,
     balanced_assignment,
     centroid_pseudo_labels,
+    cutout,
     random_affine,
     shot_loss,
 )
@@ -274,11 +275,14 @@ def test_cli_adapt_state_dict_with_arch(tmp_path, capsys):
     # balanced labels and the self-training stage: OUT/selftrain from SHOT's choice, both in the JSON
     rc = main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--target-test", str(test),
                "--out", str(tmp_path / "run2"), "--epochs", "1", "--batch-size", "8", "--balanced-labels",
-               "--selftrain-epochs", "2", "--no-progress", "--json"])
+               "--selftrain-epochs", "2", "--amp", "on", "--channels-last", "--no-progress", "--json"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     config = json.loads((tmp_path / "run2" / "config.json").read_text())
     assert config["resolved"]["method"]["balanced_labels"] is True
+    for stage in ("run2", "run2/selftrain"):  # both stages ran under bfloat16 autocast, channels-last
+        c = json.loads((tmp_path / stage / "config.json").read_text())
+        assert c["resolved"]["amp"] == "bfloat16" and c["channels_last"] is True
     assert r["selftrain"]["method"] == "shot_selftrain" and "target_test_accuracy" in r["selftrain"]
     assert (tmp_path / "run2" / "selftrain" / "checkpoints" / "best.safetensors").is_file()
     assert main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--out", str(tmp_path / "r3"),
@@ -314,6 +318,28 @@ def test_selftrain_confident_labels_and_augmentation():
     y = random_affine(x)
     assert y.shape == x.shape and not torch.equal(x, y)
     assert torch.allclose(random_affine(x, degrees=0, scale=0, translate=0), x, atol=1e-5)
+
+
+def test_cutout_zeroes_one_square_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 10, 12) + 0.5  # no zeros before
+    y = cutout(x, 4)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    zeroed = (y == 0)
+    assert torch.equal(zeroed[:, 0], zeroed[:, 1]) and torch.equal(zeroed[:, 0], zeroed[:, 2])  # all channels alike
+    assert torch.equal(y[~zeroed], x[~zeroed])
+    for m in zeroed[:, 0]:  # one axis-aligned box per image, at most 4 x 4, clipped by the edges
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4
+        assert int(m.sum()) == len(rows) * len(cols)
+        assert rows.tolist() == list(range(rows[0], rows[-1] + 1)) and cols.tolist() == list(range(cols[0], cols[-1] + 1))
+    full = zeroed[:, 0].flatten(1).sum(1) == 16
+    assert 0.2 < full.float().mean() < 0.8  # some squares whole, some hang over an edge
+    assert torch.equal(cutout(x, 0), x)
+    with pytest.raises(ShiftkitError, match="cutout"):
+        ShotSelfTrain(cutout=-1)
+    method = ShotSelfTrain(cutout=4, augment=False)
+    assert method.config()["cutout"] == 4 and int((method.strong_view(x) == 0).sum()) > 0
 
 
 def test_selftrain_run_through_the_engine(tmp_path):

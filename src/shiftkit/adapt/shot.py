@@ -269,6 +269,20 @@ def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: float = 0.1, tr
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero one random `size` x `size` square per image (DeVries & Taylor 2017; FixMatch's strong view),
+    its centre uniform over the image so the square may hang over an edge."""
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), device=x.device)
+    cx = torch.randint(0, w, (n, 1, 1), device=x.device)
+    dy = torch.arange(h, device=x.device).view(1, h, 1) - cy + size // 2  # in [0, size) inside the square
+    dx = torch.arange(w, device=x.device).view(1, 1, w) - cx + size // 2
+    inside = (dy >= 0) & (dy < size) & (dx >= 0) & (dx < size)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
 class ShotSelfTrain(Shot):
     """A second source-free stage in the spirit of SHOT++ (Liang et al., TPAMI 2021): self-training
     on the confident part of the adapted model's own predictions, with augmentation.
@@ -277,7 +291,8 @@ class ShotSelfTrain(Shot):
     labels the target set; per predicted class the `confident_fraction` with the lowest prediction
     entropy keep their label, the rest get -1. With `relabel="epoch"` the fraction grows linearly
     to `final_fraction` at the last epoch (a curriculum: easy images first). Each step, on a target
-    batch x with fixed labels y (-1 = none) and a random affine view a(x):
+    batch x with fixed labels y (-1 = none) and a strong view a(x) (random affine, then a zeroed
+    `cutout` x `cutout` square when cutout > 0):
 
         L = im_weight * IM(z(x)) + ce_weight * CE(z(a(x)), y)[y >= 0]
             + consistency_weight * CE(z(a(x)), argmax p(x))[y < 0 and max p(x) >= tau]
@@ -293,7 +308,7 @@ class ShotSelfTrain(Shot):
     def __init__(self, confident_fraction: float = 0.3, ce_weight: float = 1.0, im_weight: float = 1.0,
                  augment: bool = True, feature_dropout: bool = False, relabel: str = "epoch",
                  final_fraction: float | None = 0.9, consistency_weight: float = 1.0, tau: float = 0.95,
-                 train_head: bool = True):
+                 train_head: bool = True, cutout: int = 0):
         super().__init__(beta=ce_weight, im_weight=im_weight, feature_dropout=feature_dropout)
         final_fraction = confident_fraction if final_fraction is None else final_fraction
         for name, value in (("confident_fraction", confident_fraction), ("final_fraction", final_fraction),
@@ -304,6 +319,9 @@ class ShotSelfTrain(Shot):
             raise ShiftkitError(f"relabel must be 'once' or 'epoch', got {relabel!r}")
         if consistency_weight < 0:
             raise ShiftkitError(f"consistency_weight must be >= 0, got {consistency_weight}")
+        if int(cutout) < 0:
+            raise ShiftkitError(f"cutout must be >= 0 (pixels), got {cutout}")
+        self.cutout = int(cutout)
         self.confident_fraction, self.final_fraction = float(confident_fraction), float(final_fraction)
         self.augment, self.relabel_mode, self.train_head = bool(augment), relabel, bool(train_head)
         self.consistency_weight, self.tau = float(consistency_weight), float(tau)
@@ -313,7 +331,8 @@ class ShotSelfTrain(Shot):
         return {"name": self.name, "streams": list(self.streams), "confident_fraction": self.confident_fraction,
                 "final_fraction": self.final_fraction, "relabel": self.relabel_mode, "ce_weight": self.beta,
                 "im_weight": self.im_weight, "consistency_weight": self.consistency_weight, "tau": self.tau,
-                "augment": self.augment, "train_head": self.train_head, "feature_dropout": self.feature_dropout}
+                "augment": self.augment, "cutout": self.cutout, "train_head": self.train_head,
+                "feature_dropout": self.feature_dropout}
 
     def setup(self, engine: Any) -> None:
         if self.train_head:
@@ -367,7 +386,7 @@ class ShotSelfTrain(Shot):
         unlabelled = (y < 0) & (conf >= self.tau)
         has_labels = bool((y >= 0).any())
         if has_labels or (self.consistency_weight > 0 and bool(unlabelled.any())):
-            _, z_aug = net(random_affine(t["x"]) if self.augment else t["x"])
+            _, z_aug = net(self.strong_view(t["x"]))
             losses["pl"] = self.beta * cross_entropy(z_aug, y, ignore_index=-1) if has_labels else z_aug.sum() * 0
             if self.consistency_weight > 0:
                 # FixMatch: mean over the whole batch, masked (fewer confident guesses, smaller term)
@@ -378,6 +397,10 @@ class ShotSelfTrain(Shot):
             losses["pl"] = logits.sum() * 0
         return [Phase(losses, ("model",), logs)]
 
+    def strong_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The view the labels and confident guesses teach: random affine, then cutout (each when on)."""
+        return cutout(random_affine(x) if self.augment else x, self.cutout)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**super().state_dict(), "labels_epoch": torch.tensor(self.labels_epoch)}
 
@@ -386,4 +409,4 @@ class ShotSelfTrain(Shot):
         self.labels_epoch = int(state["labels_epoch"]) if "labels_epoch" in state else -1
 
 
-__all__ = ["Shot", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "random_affine", "shot_loss"]
+__all__ = ["Shot", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "cutout", "random_affine", "shot_loss"]

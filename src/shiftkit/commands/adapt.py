@@ -17,6 +17,7 @@ from shiftkit.common_args import (
     add_no_progress,
     add_on_bad,
     add_seed,
+    add_speed,
     add_workers,
     epilog,
 )
@@ -84,6 +85,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 (shot), 0 (das3)")
     o.add_argument("--size", type=int, default=None, help="input size (default: the checkpoint's)")
     o.add_argument("--iters-per-epoch", type=int, default=None, help="steps per epoch (default: one pass over the target)")
+    add_speed(o)
     s = p.add_argument_group("output")
     s.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, metrics.json, checkpoints/)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         settings["size"] = int(size)
     run_options = {"target_test": args.target_test, "iters_per_epoch": args.iters_per_epoch, "seed": args.seed,
                    "device": args.device, "workers": args.workers, "resume": args.resume, "on_bad": args.on_bad,
-                   "progress": not args.no_progress}
+                   "progress": not args.no_progress, "amp": args.amp, "channels_last": args.channels_last}
     r = adapt(model, args.target, method=method, out=args.out, **run_options, **settings)
     if args.method == "shot" and args.selftrain_epochs:
         from shiftkit.adapt.shot import ShotSelfTrain

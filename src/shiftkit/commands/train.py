@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_workers, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_speed, add_workers, epilog
 
 HELP = "train a classifier on a labeled source, optionally adapting to an unlabeled target (DANN, CDAN, MCC, ...)"
 
@@ -63,8 +63,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     o.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm")
     o.add_argument("--label-smoothing", type=float, default=0.0)
     o.add_argument("--iters-per-epoch", type=int, default=None, help="steps per epoch (default: one pass over the source)")
-    o.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision: auto = float16 on CUDA; on = also bfloat16 on CPU (fast on AMX/AVX-512-BF16 processors)")
-    o.add_argument("--channels-last", action="store_true", help="channels-last memory format (often faster)")
+    add_speed(o)
     s = p.add_argument_group("selection and output")
     s.add_argument("--select", choices=["label-free", "target-test", "source-val", "last"], default=None,
                    help="how to choose best.safetensors (default: label-free with --target, else source-val, else last)")
