@@ -38,6 +38,8 @@ from shiftkit.adapt.seg_losses import minent_loss
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.segmentation import UNet
 
+from .conftest import UnlabelledImages
+
 C, S = 2, 16
 
 
@@ -209,23 +211,12 @@ def test_loss_bad_arguments():
 # --- the stage Methods ----------------------------------------------------------------------------
 
 
-class _Items(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": torch.full((S, S), 255), "index": i, "ok": True, "path": str(i), "error": ""}
-
-
 def _setup(method, n=6):
     torch.manual_seed(0)
     model = UNet(C, base=4, depth=2)
     g = torch.Generator().manual_seed(1)
     eng = SimpleNamespace(model=model, net=model, num_classes=C, device=torch.device("cpu"), run=None,
-                          streams={"target": _Items(torch.rand(n, 3, S, S, generator=g))},
+                          streams={"target": UnlabelledImages(torch.rand(n, 3, S, S, generator=g))},
                           cfg=SimpleNamespace(eval_batch_size=4, progress=False))
     method.setup(eng)
     return model, eng
@@ -318,7 +309,7 @@ def test_stage1_bn_adapt_re_estimates_batchnorm_statistics_by_hand():
     assert m.bn_adapt is True and m.config()["bn_adapt"] is True
     model = __import__("copy").deepcopy(start)
     eng = SimpleNamespace(model=model, net=model, num_classes=C, device=torch.device("cpu"), run=None,
-                          streams={"target": _Items(x)}, cfg=SimpleNamespace(eval_batch_size=4, progress=False))
+                          streams={"target": UnlabelledImages(x)}, cfg=SimpleNamespace(eval_batch_size=4, progress=False))
     model.train()
     m.setup(eng)
     assert model.training  # mode restored

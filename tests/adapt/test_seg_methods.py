@@ -10,24 +10,15 @@ from shiftkit.adapt.seg_base import build_seg_method, levels
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.segmentation import UNet
 
+from .conftest import UnlabelledImages
+
 C, S = 3, 16
-
-
-class _Items(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": torch.full((S, S), 255), "index": i, "ok": True, "path": str(i), "error": ""}
 
 
 def _engine(model, n_target=6, total=4):
     g = torch.Generator().manual_seed(1)
     return SimpleNamespace(model=model, net=model, num_classes=C, size=S, device=torch.device("cpu"), total_steps=total,
-                           global_step=0, streams={"target": _Items(torch.rand(n_target, 3, S, S, generator=g))},
+                           global_step=0, streams={"target": UnlabelledImages(torch.rand(n_target, 3, S, S, generator=g))},
                            cfg=SimpleNamespace(eval_batch_size=4, progress=False), run=None)
 
 
