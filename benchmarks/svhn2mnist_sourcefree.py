@@ -91,7 +91,8 @@ def summary(values: list[float]) -> dict:
 def stage2_options(args: argparse.Namespace) -> dict:
     return {"confident_fraction": args.confident_fraction, "final_fraction": args.final_fraction,
             "relabel": args.relabel, "consistency_weight": args.consistency_weight, "tau": args.tau,
-            "train_head": args.train_head, "cutout": args.cutout}
+            "train_head": args.train_head, "cutout": args.cutout,
+            "neighbours": args.neighbours}
 
 
 def run_options(args: argparse.Namespace) -> dict:
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tau", type=float, default=0.95, help="stage 2: FixMatch confidence threshold")
     ap.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=True, help="stage 2: the head trains too")
     ap.add_argument("--cutout", type=int, default=0, help="stage 2: side of a random zeroed square on the augmented view (0 = none)")
+    ap.add_argument("--neighbours", type=int, default=0,
+                    help="stage 2: labels from the mean prediction of each image's k nearest neighbours in backbone-feature space (0 = its own)")
     ap.add_argument("--selftrain-lr", type=float, default=0.01, help="stage 2 learning rate")
     ap.add_argument("--select-max", type=int, default=1000, help="target images scored for the label-free choice")
     ap.add_argument("--monitor", type=int, default=0, help="score this many MNIST-validation images every epoch (curve only; 0 = none)")

@@ -16,6 +16,7 @@ from shiftkit.adapt.shot import (
     balanced_assignment,
     centroid_pseudo_labels,
     cutout,
+    neighbour_vote,
     random_affine,
     shot_loss,
 )
@@ -434,3 +435,46 @@ def test_selftrain_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+
+
+def test_neighbour_vote_against_hand_computation():
+    # four points on a line in 2-D: each one's 2 nearest by cosine are its angular neighbours
+    angles = torch.tensor([0.0, 0.1, 0.3, 1.4])
+    f = torch.stack([angles.cos(), angles.sin()], 1) * torch.tensor([[1.0], [3.0], [0.5], [2.0]])  # norms do not matter
+    p = torch.tensor([[1.0, 0.0], [0.8, 0.2], [0.2, 0.8], [0.0, 1.0]])
+    v = neighbour_vote(f, p, k=2, chunk=3)  # chunks of 3 rows: the self-exclusion offset is exercised
+    expected = torch.stack([(p[1] + p[2]) / 2, (p[0] + p[2]) / 2, (p[1] + p[0]) / 2, (p[2] + p[1]) / 2])
+    assert torch.allclose(v, expected)
+    # point 1, wrongly labelled among three right neighbours, takes their class
+    p2 = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.8, 0.2], [0.7, 0.3]])
+    assert neighbour_vote(f[:4], p2, k=1).argmax(1)[1] == 0
+    assert torch.allclose(neighbour_vote(f.bfloat16(), p, k=2), expected, atol=1e-6)  # bfloat16 similarity, same picks
+    with pytest.raises(ValueError, match="k must be"):
+        neighbour_vote(f, p, k=4)
+    with pytest.raises(ValueError, match="expected"):
+        neighbour_vote(f[:3], p, k=1)
+    with pytest.raises(ShiftkitError, match="neighbours"):
+        ShotSelfTrain(neighbours=-1)
+
+
+def test_selftrain_labels_from_neighbours_through_the_engine(tmp_path):
+    from shiftkit.adapt.sourcefree import adapt
+
+    torch.manual_seed(0)
+    model = build("svhn_net", input_size=8, num_classes=2)
+    method = ShotSelfTrain(confident_fraction=1.0, final_fraction=1.0, neighbours=3, consistency_weight=0.0)
+    seen = {}
+    original = method.label_probs
+
+    def spy(engine):
+        r = original(engine)
+        seen["own"], seen["voted"], seen["amp"] = engine.infer("target")["probs"], r["probs"], engine.use_amp
+        return r
+
+    method.label_probs = spy
+    m = adapt(model, _Digits(24, 1, False, 0.2), method=method, out=tmp_path / "nb", epochs=1, batch_size=8, seed=0,
+              device="cpu", progress=False, amp="on")
+    assert m["method"] == "shot_selftrain" and seen["amp"] is True
+    assert seen["voted"].shape == seen["own"].shape and torch.allclose(seen["voted"].sum(1), torch.ones(24), atol=1e-4)
+    assert not torch.allclose(seen["voted"], seen["own"])  # labels came from the neighbours, not the image itself
+    assert method.pseudo_labels.tolist() == seen["voted"].argmax(1).tolist()  # fraction 1: every image labelled

@@ -51,6 +51,51 @@ def balanced_assignment(cost: torch.Tensor, epsilon: float = 0.05, iters: int = 
     return log_q.argmax(1)
 
 
+def neighbour_vote(features: torch.Tensor, probs: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Each sample's class probabilities replaced by the mean over its k nearest neighbours:
+
+        p~_i = (1/k) sum_{j in N_k(i)} p_j,   N_k(i) = the k samples j != i of highest cos(f_i, f_j)
+
+    A target image the model gets wrong while its neighbours in feature space are mostly right
+    (the confident 4 -> 9 swaps of a shifted digit model) takes their label (as in NRC, Yang et
+    al., NeurIPS 2021). The similarity runs in `features`' dtype (bfloat16 is several times faster
+    on a CPU) in row chunks, so memory is chunk x N, not N x N.
+    """
+    if features.dim() != 2 or probs.dim() != 2 or features.shape[0] != probs.shape[0]:
+        raise ValueError(f"features (N, D) and probs (N, K) expected, got {tuple(features.shape)} and {tuple(probs.shape)}")
+    n = features.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
+    f = F.normalize(features.float(), dim=1).to(features.dtype)
+    out = torch.empty(probs.shape, dtype=torch.float32, device=probs.device)
+    for start in range(0, n, chunk):
+        sim = (f[start : start + chunk] @ f.T).float()
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        sim[rows, rows + start] = -math.inf  # not its own neighbour
+        out[start : start + chunk] = probs.float()[sim.topk(k, dim=1).indices.to(probs.device)].mean(1)
+    return out
+
+
+def infer_with_input_of(engine: Any, module: nn.Module | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """`engine.infer("target")` plus, for every image, the input `module` received (None without a module).
+    Copied at once: an inplace ReLU overwrites its input."""
+    captured: list[torch.Tensor] = []
+    handle = None
+    if module is not None:
+        handle = module.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach().float().cpu().clone()))
+    try:
+        r = engine.infer("target")
+    finally:
+        if handle is not None:
+            handle.remove()
+    if module is None:
+        return r, None
+    feats = torch.cat(captured)
+    if feats.shape[0] != r["probs"].shape[0]:
+        raise RuntimeError(f"SHOT: {feats.shape[0]} captured features for {r['probs'].shape[0]} predictions")
+    return r, feats
+
+
 def centroid_pseudo_labels(
     features: torch.Tensor,
     probs: torch.Tensor,
@@ -197,19 +242,8 @@ class Shot(Method):
     def on_epoch_start(self, engine: Any) -> None:
         """Relabel the whole target set from its eval-mode features and predictions."""
         relu = self.pre_activation_module(engine.model) if self.cluster_features == "pre_relu" else None
-        captured: list[torch.Tensor] = []
-        handle = None
-        if relu is not None:  # the input of an inplace ReLU: copied before the ReLU overwrites it
-            handle = relu.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach().float().cpu().clone()))
-        try:
-            r = engine.infer("target")
-        finally:
-            if handle is not None:
-                handle.remove()
-        feats = torch.cat(captured) if captured else r["features"]
-        if feats.shape[0] != r["probs"].shape[0]:
-            raise RuntimeError(f"SHOT: {feats.shape[0]} pre-ReLU features for {r['probs'].shape[0]} predictions")
-        self.relabel(feats, r["probs"], r["index"], engine.stream_size("target"))
+        r, pre_relu = infer_with_input_of(engine, relu)
+        self.relabel(r["features"] if pre_relu is None else pre_relu, r["probs"], r["index"], engine.stream_size("target"))
 
     def set_train_modes(self, net: nn.Module) -> None:
         """Head (when frozen) in eval mode; with `feature_dropout=False` every Dropout in eval mode too."""
@@ -288,7 +322,8 @@ class ShotSelfTrain(Shot):
     on the confident part of the adapted model's own predictions, with augmentation.
 
     At the start of the first epoch (and of every epoch with `relabel="epoch"`) the current model
-    labels the target set; per predicted class the `confident_fraction` with the lowest prediction
+    labels the target set (with `neighbours` = k > 0, from its k nearest neighbours' mean
+    prediction, `neighbour_vote`); per predicted class the `confident_fraction` with the lowest
     entropy keep their label, the rest get -1. With `relabel="epoch"` the fraction grows linearly
     to `final_fraction` at the last epoch (a curriculum: easy images first). Each step, on a target
     batch x with fixed labels y (-1 = none) and a strong view a(x) (random affine, then a zeroed
@@ -308,7 +343,7 @@ class ShotSelfTrain(Shot):
     def __init__(self, confident_fraction: float = 0.3, ce_weight: float = 1.0, im_weight: float = 1.0,
                  augment: bool = True, feature_dropout: bool = False, relabel: str = "epoch",
                  final_fraction: float | None = 0.9, consistency_weight: float = 1.0, tau: float = 0.95,
-                 train_head: bool = True, cutout: int = 0):
+                 train_head: bool = True, cutout: int = 0, neighbours: int = 0):
         super().__init__(beta=ce_weight, im_weight=im_weight, feature_dropout=feature_dropout)
         final_fraction = confident_fraction if final_fraction is None else final_fraction
         for name, value in (("confident_fraction", confident_fraction), ("final_fraction", final_fraction),
@@ -321,7 +356,9 @@ class ShotSelfTrain(Shot):
             raise ShiftkitError(f"consistency_weight must be >= 0, got {consistency_weight}")
         if int(cutout) < 0:
             raise ShiftkitError(f"cutout must be >= 0 (pixels), got {cutout}")
-        self.cutout = int(cutout)
+        if int(neighbours) < 0:
+            raise ShiftkitError(f"neighbours must be >= 0, got {neighbours}")
+        self.cutout, self.neighbours = int(cutout), int(neighbours)
         self.confident_fraction, self.final_fraction = float(confident_fraction), float(final_fraction)
         self.augment, self.relabel_mode, self.train_head = bool(augment), relabel, bool(train_head)
         self.consistency_weight, self.tau = float(consistency_weight), float(tau)
@@ -331,7 +368,7 @@ class ShotSelfTrain(Shot):
         return {"name": self.name, "streams": list(self.streams), "confident_fraction": self.confident_fraction,
                 "final_fraction": self.final_fraction, "relabel": self.relabel_mode, "ce_weight": self.beta,
                 "im_weight": self.im_weight, "consistency_weight": self.consistency_weight, "tau": self.tau,
-                "augment": self.augment, "cutout": self.cutout, "train_head": self.train_head,
+                "augment": self.augment, "cutout": self.cutout, "neighbours": self.neighbours, "train_head": self.train_head,
                 "feature_dropout": self.feature_dropout}
 
     def setup(self, engine: Any) -> None:
@@ -365,11 +402,27 @@ class ShotSelfTrain(Shot):
         epoch = engine.global_step // engine.iters_per_epoch
         if self.pseudo_labels is not None and (self.relabel_mode == "once" or self.labels_epoch == epoch):
             return
-        r = engine.infer("target")
+        probs = self.label_probs(engine)
         full = torch.full((engine.stream_size("target"),), -1, dtype=torch.long)
         fraction = self.fraction_at(epoch, engine.cfg.epochs)
-        full[r["index"].long()] = self.confident_labels(r["probs"], fraction).cpu()
+        full[probs["index"].long()] = self.confident_labels(probs["probs"], fraction).cpu()
         self.pseudo_labels, self.labels_epoch = full, epoch
+
+    def label_probs(self, engine: Any) -> dict[str, torch.Tensor]:
+        """The target set's probabilities that the labels come from: the model's own, or with
+        `neighbours` > 0 its k nearest neighbours' mean (`neighbour_vote`) in the space of the
+        bottleneck's input (the backbone's pooled features; the engine's features without a
+        bottleneck). The similarity runs in the engine's autocast dtype when amp is on."""
+        if not self.neighbours:
+            return engine.infer("target")
+        bottleneck = getattr(engine.model, "bottleneck", None)
+        # its first layer: a hook there fires even where `bottleneck` is a slice built on each call (ccexam)
+        first = next((m for m in bottleneck.modules() if not any(m.children())), None) if isinstance(bottleneck, nn.Module) else None
+        r, feats = infer_with_input_of(engine, first)
+        feats = r["features"] if feats is None else feats
+        dtype = engine.amp_dtype if getattr(engine, "use_amp", False) else torch.float32
+        k = min(self.neighbours, len(feats) - 1)
+        return {**r, "probs": neighbour_vote(feats.to(engine.device, dtype), r["probs"].to(engine.device), k).cpu()}
 
     def phases(self, net: nn.Module, batch: dict, step: StepInfo) -> list[Phase]:
         self.set_train_modes(net)
@@ -409,4 +462,5 @@ class ShotSelfTrain(Shot):
         self.labels_epoch = int(state["labels_epoch"]) if "labels_epoch" in state else -1
 
 
-__all__ = ["Shot", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "cutout", "random_affine", "shot_loss"]
+__all__ = ["Shot", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "cutout", "infer_with_input_of",
+           "neighbour_vote", "random_affine", "shot_loss"]
