@@ -31,7 +31,6 @@ import concurrent.futures as cf
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
