@@ -67,12 +67,13 @@ def neighbour_vote(features: torch.Tensor, probs: torch.Tensor, k: int, chunk: i
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
     f = F.normalize(features.float(), dim=1).to(features.dtype)
-    out = torch.empty(probs.shape, dtype=torch.float32, device=probs.device)
+    p = probs.float()
+    out = torch.empty_like(p)
     for start in range(0, n, chunk):
         sim = (f[start : start + chunk] @ f.T).float()
         rows = torch.arange(sim.shape[0], device=sim.device)
         sim[rows, rows + start] = -math.inf  # not its own neighbour
-        out[start : start + chunk] = probs.float()[sim.topk(k, dim=1).indices.to(probs.device)].mean(1)
+        out[start : start + chunk] = p[sim.topk(k, dim=1).indices.to(p.device)].mean(1)
     return out
 
 
@@ -238,6 +239,15 @@ class Shot(Method):
             return None
         relus = [m for m in bottleneck.modules() if isinstance(m, nn.ReLU)]
         return relus[-1] if relus else None
+
+    @staticmethod
+    def bottleneck_input_module(model: nn.Module) -> nn.Module | None:
+        """The first layer of `model.bottleneck` (its input is the backbone's pooled feature), or None.
+        A layer, not the container: ccexam's `bottleneck` is a slice built on each call, never itself run."""
+        bottleneck = getattr(model, "bottleneck", None)
+        if not isinstance(bottleneck, nn.Module):
+            return None
+        return next((m for m in bottleneck.modules() if not any(m.children())), None)
 
     def on_epoch_start(self, engine: Any) -> None:
         """Relabel the whole target set from its eval-mode features and predictions."""
@@ -415,12 +425,9 @@ class ShotSelfTrain(Shot):
         bottleneck). The similarity runs in the engine's autocast dtype when amp is on."""
         if not self.neighbours:
             return engine.infer("target")
-        bottleneck = getattr(engine.model, "bottleneck", None)
-        # its first layer: a hook there fires even where `bottleneck` is a slice built on each call (ccexam)
-        first = next((m for m in bottleneck.modules() if not any(m.children())), None) if isinstance(bottleneck, nn.Module) else None
-        r, feats = infer_with_input_of(engine, first)
+        r, feats = infer_with_input_of(engine, self.bottleneck_input_module(engine.model))
         feats = r["features"] if feats is None else feats
-        dtype = engine.amp_dtype if getattr(engine, "use_amp", False) else torch.float32
+        dtype = engine.amp_dtype or torch.float32
         k = min(self.neighbours, len(feats) - 1)
         return {**r, "probs": neighbour_vote(feats.to(engine.device, dtype), r["probs"].to(engine.device), k).cpu()}
 

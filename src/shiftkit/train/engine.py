@@ -288,6 +288,10 @@ class Engine:
                     print(f"shiftkit train: skipped unreadable image {err}", file=sys.stderr)
                     self.run.log({"event": "bad_image", "path": path, "error": err})
 
+    @property
+    def use_amp(self) -> bool:
+        return self.amp_dtype is not None
+
     def _autocast(self):
         if self.use_amp:
             return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
@@ -496,7 +500,6 @@ class Engine:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
-        self.use_amp = self.amp_dtype is not None
         self.run = RunFolder(cfg.out, enabled=self.rank == 0)
         ckpt_dir = self.run.checkpoints
         self.resuming = cfg.resume and ckpt.exists(ckpt_dir)
@@ -601,7 +604,8 @@ class Engine:
         d = _cfg_dict(self.cfg)
         d.update({
             "resolved": {
-                "device": str(self.device), "amp": str(self.amp_dtype).replace("torch.", "") if self.use_amp else False, "size": self.size, "in_channels": self.channels,
+                "device": str(self.device), "amp": str(self.amp_dtype).replace("torch.", "") if self.use_amp else False,
+                "size": self.size, "in_channels": self.channels,
                 "classes": self.classes, "iters_per_epoch": self.iters_per_epoch, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup, "select": self.selector.mode, "method": self.method.config(),
                 "world_size": self.world, "model_spec": getattr(self.model, "spec", None),
