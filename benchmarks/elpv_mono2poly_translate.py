@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1500, help="translator steps (default 1500, the CLI default)")
     ap.add_argument("--fast", action="store_true", help="FastCUT instead of CUT")
     ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--amp", choices=["auto", "on", "off"], default="on", help="translator mixed precision (default on: bfloat16 on CPU)")
+    ap.add_argument("--channels-last", action="store_true", help="translator in channels-last memory format")
     ap.add_argument("--one-translator", action="store_true", help="train one translator (seed 0) and reuse it for every seed")
     ap.add_argument("--feature-size", type=int, default=160)
     ap.add_argument("--C", type=float, default=0.1, help="logistic regression inverse regularisation (fixed, not tuned on test)")
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         tdir = out / f"translator-s{tseed}"
         cfg = TranslatorConfig(str(root / "source"), str(root / "target"), str(tdir), size=a.size, load_size=a.load_size, steps=a.steps,
                                batch_size=a.batch_size, preset="fastcut" if a.fast else "cut", seed=tseed, device=a.device,
+                               amp=a.amp, channels_last=a.channels_last,
                                threads=a.threads, progress=sys.stderr.isatty(), grid_every=max(100, a.steps // 4))
         with C.Timer() as tt:
             m = train_translator(cfg)

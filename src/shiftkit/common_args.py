@@ -41,7 +41,7 @@ def add_no_progress(p) -> None:
 
 
 def add_speed(p) -> None:
-    """Mixed precision and memory format of the training engine (train and adapt)."""
+    """Mixed precision and memory format of training (train, adapt, translator train)."""
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="mixed precision: auto = float16 on CUDA; on = also bfloat16 on CPU "
                         "(about 3x faster steps on AMX/AVX-512-BF16 processors); off = float32")

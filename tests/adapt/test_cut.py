@@ -142,13 +142,13 @@ def test_cut_uses_clipped_default_layers():
 
 
 # --------------------------------------------------------------------------- the training loop
-def _sets(root):
+def _sets(root, channels=1):
     from shiftkit.data import DatasetWriter, Sample
 
     rng = np.random.default_rng(0)
     with DatasetWriter(root / "A", format="imagefolder", classes=["x", "y"]) as w:
         for i in range(4):
-            w.write(Sample(rng.integers(0, 255, (40, 36, 1), dtype=np.uint8), i % 2, f"a{i}.png"))
+            w.write(Sample(rng.integers(0, 255, (40, 36, channels), dtype=np.uint8), i % 2, f"a{i}.png"))
     with DatasetWriter(root / "B", format="folder") as w:
         for i in range(3):
             w.write(Sample(rng.integers(0, 100, (36, 36, 1), dtype=np.uint8), None, f"b{i}.png"))
@@ -213,13 +213,40 @@ def test_config_validation(tmp_path):
     from shiftkit.train.translator_loop import train_translator
 
     a, b = _sets(tmp_path)
-    for kw in ({"size": 30}, {"steps": 0}, {"batch_size": 0}):
+    for kw in ({"size": 30}, {"steps": 0}, {"batch_size": 0}, {"amp": "fast"}):
         with pytest.raises(ShiftkitError):
             train_translator(_cfg(a, b, tmp_path / "T", **kw))
     with pytest.raises(ShiftkitError):
         train_translator(_cfg(a, tmp_path / "missing", tmp_path / "T"))
     with pytest.raises(ShiftkitError, match="inside"):
         train_translator(_cfg(a, b, a / "T"))
+
+
+def test_bfloat16_and_channels_last_on_cpu(tmp_path, monkeypatch):
+    """`amp="on"` runs both phases under CPU bfloat16 autocast on channels-last inputs; the default does not."""
+    from shiftkit.adapt.cut import CUT
+    from shiftkit.train.translator_loop import train_translator
+
+    seen = []
+    phases = CUT.phases
+
+    def spy(self, real_a, real_b, generator=None, autocast=None):
+        if autocast is None:
+            seen.append((None, real_a.is_contiguous(memory_format=torch.channels_last)))
+        else:
+            with autocast():
+                seen.append((torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                             real_a.is_contiguous(memory_format=torch.channels_last)))
+        return phases(self, real_a, real_b, generator=generator, autocast=autocast)
+
+    monkeypatch.setattr(CUT, "phases", spy)
+    a, b = _sets(tmp_path, channels=3)  # RGB: a 1-channel batch is contiguous in both memory formats
+    m = train_translator(_cfg(a, b, tmp_path / "bf16", steps=2, amp="on", channels_last=True))
+    assert seen == [(torch.bfloat16, True)] * 2 and m["amp"] == "bfloat16"
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "bf16").values())
+    seen.clear()
+    m = train_translator(_cfg(a, b, tmp_path / "fp32", steps=2))
+    assert seen == [(None, False)] * 2 and m["amp"] is False
 
 
 def test_cli_train(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_seed, epilog
+from shiftkit.common_args import add_device, add_json, add_no_progress, add_seed, add_speed, epilog
 
 HELP = "learned unpaired translation A -> B (CUT / FastCUT): `translator train`, `translator score`"
 
@@ -53,7 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ckpt-every", type=int, default=200, help="checkpoint every N steps (default 200)")
     t.add_argument("--grid-every", type=int, default=500, help="sample grid every N steps, 0 = only at the end (default 500)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default; 1 is fastest on a busy machine)")
-    t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    add_speed(t)
     add_no_progress(t)
     add_seed(t)
     add_device(t)
@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
         source=args.source, target=args.target, out=args.out, size=args.size, load_size=args.load_size, steps=args.steps, batch_size=args.batch_size,
         preset="fastcut" if args.fast else "cut", ngf=args.ngf, n_blocks=args.blocks, ndf=args.ndf, nce_layers=args.nce_layers,
         num_patches=args.patches, lambda_nce=args.lambda_nce, lr=args.lr, seed=args.seed, device=args.device,
-        amp=not args.no_amp, ckpt_every=args.ckpt_every, grid_every=args.grid_every, max_images=args.max_images,
+        amp=args.amp, channels_last=args.channels_last, ckpt_every=args.ckpt_every, grid_every=args.grid_every, max_images=args.max_images,
         threads=args.threads, progress=not (args.no_progress or args.json),
     )
     m = train_translator(cfg)

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from shiftkit.adapt.cut import CUT, CUTSettings
-from shiftkit.device import resolve_device
+from shiftkit.device import amp_dtype, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.train import checkpoint as ckpt
 from shiftkit.train.runfolder import RunFolder, read_log
 
 # settings that may differ between a run and its resumption
-_RESUME_FREE = {"device", "progress", "log_every", "ckpt_every", "grid_every", "out", "cache_mb", "amp", "threads"}
+_RESUME_FREE = {"device", "progress", "log_every", "ckpt_every", "grid_every", "out", "cache_mb", "amp", "channels_last", "threads"}
 
 
 @dataclass
@@ -62,7 +62,8 @@ class TranslatorConfig:
     lr: float = 2e-4
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: str = "auto"  # auto (CUDA float16) | on (also CPU bfloat16) | off: `shiftkit.device.amp_dtype`
+    channels_last: bool = False
     log_every: int = 10
     ckpt_every: int = 200
     grid_every: int = 500
@@ -80,6 +81,7 @@ class TranslatorConfig:
         for name in ("grid_every", "max_images", "cache_mb", "threads"):
             if getattr(self, name) < 0:
                 raise ShiftkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        amp_dtype(torch.device("cpu"), self.amp)  # validates the mode
         if self.size % 4 or self.size < 32:
             raise ShiftkitError(f"--size must be a multiple of 4 and at least 32, got {self.size}", None, "e.g. 64 or 128")
         if self.load_size and self.load_size < self.size:
@@ -278,6 +280,7 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
     root = Path(cfg.out)
     _check_resume(root, cfg)
     dev = resolve_device(cfg.device)
+    dtype = amp_dtype(dev, cfg.amp)
     torch.manual_seed(cfg.seed)
     src = _open(cfg.source, None)
     tgt = _open(cfg.target, "unlabeled")
@@ -299,11 +302,13 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
         step, wall0 = _load(run, model, opts)
     run.write_config({"command": "translator train", "train": _config_dict(cfg), "settings": settings.as_dict(),
                       "channels": channels, "load_size": load, "device": str(dev), "images": {"source": len(ia), "target": len(ib)},
-                      "parameters": {"G": _count(model.G), "D": _count(model.D), "F": _count(model.F)}})
-    use_amp = cfg.amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else None
+                      "parameters": {"G": _count(model.G), "D": _count(model.D), "F": _count(model.F)},
+                      "amp": str(dtype).replace("torch.", "") if dtype is not None else False})
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else None
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:
+        model.to(memory_format=fmt)
 
     # fixed images for the sample grids: evenly spaced source images, centre crops
     k = min(cfg.grid_rows, len(bank_a))
@@ -321,8 +326,8 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
     try:
         while step < cfg.steps:
             g = _step_generator(cfg.seed, step)
-            real_a = sample_batch(bank_a, cfg.batch_size, cfg.size, g).to(dev)
-            real_b = sample_batch(bank_b, cfg.batch_size, cfg.size, g).to(dev)
+            real_a = sample_batch(bank_a, cfg.batch_size, cfg.size, g).to(dev, memory_format=fmt)
+            real_b = sample_batch(bank_b, cfg.batch_size, cfg.size, g).to(dev, memory_format=fmt)
             f = lr_factor(step, cfg.steps)
             for o in opts.values():
                 for pg in o.param_groups:
@@ -368,6 +373,7 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
     metrics = {
         "steps": step, "size": cfg.size, "batch_size": cfg.batch_size, "preset": cfg.preset, "channels": channels,
         "train_s": round(wall, 2), "s_per_step": round(wall / max(1, step), 4), "device": str(dev),
+        "amp": str(dtype).replace("torch.", "") if dtype is not None else False,
         "final_losses": last_losses, "log_rows": len(log), "checkpoint": str(run.checkpoints / "last.safetensors"),
         "grid": grid, "parameters": {"G": _count(model.G), "D": _count(model.D), "F": _count(model.F)},
     }
