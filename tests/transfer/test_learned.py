@@ -137,3 +137,62 @@ def test_score_segmentation_miou_with_a_source_model(tmp_path, make, translator)
         save_weights(tmp_path / "cls.safetensors", net, info2)
         score_translator(translator, src, tgt, classifier=str(tmp_path / "cls.safetensors"), max_images=6, feature_size=32,
                          progress=False, gap=False)
+
+
+def test_label_preservation_standardized_judge_ignores_a_global_shift():
+    """A' = an affine shift of A in feature space: the plain judge loses accuracy, the per-domain
+    standardised one keeps it (the labels were never touched); both are against A's labels."""
+    import numpy as np
+
+    from shiftkit.transfer.learned import label_preservation_scores
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    fa = rng.normal(size=(80, 6)) + y[:, None] * 1.5
+    fa2 = fa * 0.5 + 4.0
+    r = label_preservation_scores(None, [], [], y.tolist(), fa, fa2, 0, torch.device("cpu"))
+    assert r["accuracy_a"] > 0.8
+    assert r["ratio"] < 0.7  # every A' image lands on one side
+    assert r["domain_standardized"]["ratio"] > 0.95
+    same = label_preservation_scores(None, [], [], y.tolist(), fa, fa.copy(), 0, torch.device("cpu"))
+    assert same["ratio"] == 1.0 and same["agreement"] == 1.0
+
+
+def test_label_preservation_adabn_judge_ignores_a_global_brightness_change(tmp_path):
+    """A' = A with a global brightness/contrast change. A checkpoint judge with A's BatchNorm statistics
+    loses accuracy on A'; with its statistics re-estimated on each set (AdaBN) it keeps it (the first
+    conv is followed by BatchNorm, which cancels a set-wide affine change up to borders and rounding).
+    Labels are the judge's own predictions on A."""
+    import copy
+
+    import numpy as np
+
+    from shiftkit.adapt.augmented import adabn
+    from shiftkit.data import Sample
+    from shiftkit.models import build_model
+    from shiftkit.train.checkpoint import save_weights
+    from shiftkit.train.loaders import preprocess
+    from shiftkit.transfer.learned import label_preservation_scores
+
+    torch.manual_seed(0)
+    net = build_model({"arch": "classifier", "backbone": {"name": "small_cnn", "in_channels": 1, "width": 4}, "num_classes": 2})
+    rng = np.random.default_rng(0)
+    imgs = [(rng.integers(0, 256, (24, 24, 1)) * rng.uniform(0.2, 1.0)).astype(np.uint8) for _ in range(64)]
+    a = [Sample(i, 0, f"a{k}.png") for k, i in enumerate(imgs)]
+    a2 = [Sample((i * 0.5 + 100).round().astype(np.uint8), 0, f"a{k}.png") for k, i in enumerate(imgs)]
+    x = torch.cat([preprocess([s.image], (24, 24), 1) for s in a])
+    with torch.no_grad():  # A's statistics, as after training on A; the last bias shifted so that the judge splits A in two
+        z = adabn(net, [x]).forward_features(x)[1]
+        [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].bias[1] -= (z[:, 1] - z[:, 0]).median()
+        y = net.forward_features(x)[1].argmax(1).tolist()
+    assert 20 < sum(y) < 44  # both classes present: the test can fail
+    save_weights(tmp_path / "j.safetensors", net, {"spec": net.spec, "classes": ["a", "b"], "input_size": [24, 24], "in_channels": 1})
+    kw = dict(fa=None, fa2=None, seed=0, device=torch.device("cpu"))
+    judged = label_preservation_scores(str(tmp_path / "j.safetensors"), a, a2, y, adabn=True, **kw)
+    plain = label_preservation_scores(str(tmp_path / "j.safetensors"), a, a2, y, **kw)
+    assert judged["accuracy_a"] > 0.95 and judged["ratio"] >= 0.9 and "AdaBN" in judged["classifier"]
+    assert plain["accuracy_a"] == 1.0 and plain["ratio"] < 0.8 and judged["agreement"] > plain["agreement"] + 0.2
+    with pytest.raises(ShiftkitError, match="needs --classifier"):
+        from shiftkit.transfer.learned import score_translator
+
+        score_translator(tmp_path / "none", tmp_path, tmp_path, adabn=True)

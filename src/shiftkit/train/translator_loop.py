@@ -49,7 +49,7 @@ class TranslatorConfig:
     out: str
     size: int = 128
     load_size: int = 0  # images are resized so their shorter side is this, then cropped to `size` (0 = round(1.125 * size))
-    steps: int = 1500
+    steps: int = 5000
     batch_size: int = 1
     preset: str = "cut"  # cut | fastcut
     ngf: int = 16

@@ -146,15 +146,24 @@ def _edge_scores(a: list, a2: list, seed: int, work: int = 128) -> dict[str, flo
     return {"a_vs_a2": float(r.mean()), "a_vs_a2_min": float(r.min()), "baseline_a_vs_other_a": float(base.mean())}
 
 
-def _classifier_scores(classifier: str | None, a: list, a2: list, labels: list[int], fa, fa2, seed: int,
-                       device: torch.device) -> dict[str, Any]:
-    """Accuracy on A and on A' (same images, translated) of a classifier trained on A."""
+def label_preservation_scores(classifier: str | None, a: list, a2: list, labels: list[int], fa, fa2, seed: int,
+                              device: torch.device, adabn: bool = False) -> dict[str, Any]:
+    """Accuracy on A and on A' (same images, translated) of a classifier trained on A.
+
+    `classifier`: a checkpoint trained on A (images `a`, `a2` are Samples); with `adabn` its
+    BatchNorm statistics are re-estimated on each scored set before predicting (AdaBN, label-free),
+    so a global change of style between A and A' is not counted as lost labels. None: logistic
+    regression on the features `fa`, `fa2`, cross-validated on A (also reported with A' features
+    standardised by A' statistics, the same idea for a linear judge)."""
     import numpy as np
 
     from shiftkit.train.metrics import classification_metrics
 
     y = np.asarray(labels)
     if classifier:
+        import copy
+
+        from shiftkit.adapt.augmented import adabn as adapt_bn
         from shiftkit.train import checkpoint as ckpt
         from shiftkit.train.loaders import preprocess
 
@@ -162,17 +171,23 @@ def _classifier_scores(classifier: str | None, a: list, a2: list, labels: list[i
         h, w = info["input_size"]
         ch = int(info.get("in_channels") or 3)
 
-        def predict(samples):
-            preds = []
+        def batches(samples):
             for j in range(0, len(samples), 32):
-                x = torch.cat([preprocess([s.image], (int(h), int(w)), ch) for s in samples[j : j + 32]]).to(device)
-                with torch.no_grad():
-                    _, z = model.forward_features(x)
-                preds.append(z.argmax(1).cpu())
-            return torch.cat(preds).numpy()
+                yield torch.cat([preprocess([s.image], (int(h), int(w)), ch) for s in samples[j : j + 32]]).to(device)
+
+        def predict(samples):
+            net = model
+            if adabn:
+                net = copy.deepcopy(model)
+                try:
+                    adapt_bn(net, batches(samples))
+                except ValueError as exc:
+                    raise ShiftkitError(f"--adabn: {exc}", classifier, "use a classifier with BatchNorm layers, or drop --adabn") from None
+            with torch.no_grad():
+                return torch.cat([net.forward_features(x)[1].argmax(1).cpu() for x in batches(samples)]).numpy()
 
         pa, pa2 = predict(a), predict(a2)
-        how = f"checkpoint {classifier}"
+        how = f"checkpoint {classifier}" + (", BatchNorm statistics re-estimated on each scored set (AdaBN)" if adabn else "")
     else:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold
@@ -183,12 +198,18 @@ def _classifier_scores(classifier: str | None, a: list, a2: list, labels: list[i
         folds = int(min(5, counts[counts > 0].min())) if len(counts[counts > 0]) > 1 else 0
         if folds < 2:
             return {"skipped": "label preservation needs at least 2 images of each of 2 classes in A"}
-        pa, pa2 = np.empty_like(y), np.empty_like(y)
+        pa, pa2, pz2 = np.empty_like(y), np.empty_like(y), np.empty_like(y)
+        z2 = (fa2 - fa2.mean(0)) / (fa2.std(0) + 1e-6)  # A' standardised by its own statistics
         for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(fa, y):
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced"))
             clf.fit(fa[tr], y[tr])
             pa[te], pa2[te] = clf.predict(fa[te]), clf.predict(fa2[te])
+            pz2[te] = clf[-1].predict(z2[te])
         how = f"logistic regression on MobileNetV2 features of A, {folds}-fold (each image scored by a model that never saw it)"
+        acc_a = float((pa == y).mean())
+        standardized = {"accuracy_a2": float((pz2 == y).mean()), "ratio": float((pz2 == y).mean()) / acc_a if acc_a > 0 else float("nan"),
+                        "note": "the same classifiers, with A' features standardised by A' statistics instead of A's "
+                                "(per-domain feature standardisation): a global shift of A' in feature space no longer counts as lost labels"}
     names = [str(i) for i in range(int(max(y.max(), pa.max(), pa2.max())) + 1)]
     ma = classification_metrics(y.tolist(), pa.tolist(), names)
     ma2 = classification_metrics(y.tolist(), pa2.tolist(), names)
@@ -196,7 +217,7 @@ def _classifier_scores(classifier: str | None, a: list, a2: list, labels: list[i
     return {"classifier": how, "accuracy_a": acc_a, "accuracy_a2": acc_a2,
             "balanced_accuracy_a": float(ma["balanced_accuracy"]), "balanced_accuracy_a2": float(ma2["balanced_accuracy"]),
             "ratio": acc_a2 / acc_a if acc_a > 0 else float("nan"),
-            "agreement": float((pa == pa2).mean())}
+            "agreement": float((pa == pa2).mean()), **({"domain_standardized": standardized} if not classifier else {})}
 
 
 def _segmentation_scores(model_path: str, a: list, a2: list, device: torch.device) -> dict[str, Any]:
@@ -242,10 +263,11 @@ def _segmentation_scores(model_path: str, a: list, a2: list, device: torch.devic
 
 def score_translator(translator: str | Path, source: str | Path, target: str | Path, classifier: str | None = None,
                      max_images: int = 300, feature_size: int = 160, seed: int = 0, device: str = "auto",
-                     batch_size: int = 16, gap: bool = True, progress: bool = True) -> dict[str, Any]:
+                     batch_size: int = 16, gap: bool = True, progress: bool = True, adabn: bool = False) -> dict[str, Any]:
     """Is A' any good? (a) Fréchet distance on MobileNetV2 features, A' vs B against A vs B (not
     Inception-FID); (b) label preservation: a classifier trained on A scores A' (accuracy ratio
-    A'/A; for segmentation with a model of A: mIoU on A' against A's masks / mIoU on A), and geometry:
+    A'/A, with `adabn` after re-estimating its BatchNorm statistics on each set; for segmentation with
+    a model of A: mIoU on A' against A's masks / mIoU on A), and geometry:
     edge alignment of A vs A'; (c) the gap score (domain classifier on image
     statistics, 0.5 = indistinguishable) of A vs B and A' vs B. On seeded subsets of `max_images`."""
     import time
@@ -260,6 +282,9 @@ def score_translator(translator: str | Path, source: str | Path, target: str | P
     t0 = time.perf_counter()
     if max_images < 4:
         raise ShiftkitError(f"--max-images must be >= 4, got {max_images}")
+    if adabn and not classifier:
+        raise ShiftkitError("--adabn needs --classifier", None,
+                            "pass a checkpoint trained on A (the default linear judge reports its per-domain standardised ratio already)")
     dev = resolve_device(device)
     gen, info = load_translator(translator, dev)
     ds_a, ds_b = open_any(source, what="--source"), open_any(target, task="unlabeled", what="--target")
@@ -287,8 +312,10 @@ def score_translator(translator: str | Path, source: str | Path, target: str | P
     labels = dataset_labels(ds_a)
     task = getattr(getattr(ds_a, "task", None), "value", None)
     if labels is not None:
-        res["label_preservation"] = _classifier_scores(classifier, a, a2, [labels[i] for i in ia], fa, fa2, seed, dev)
+        res["label_preservation"] = label_preservation_scores(classifier, a, a2, [labels[i] for i in ia], fa, fa2, seed, dev, adabn)
     elif task == "segmentation" and classifier:
+        if adabn:
+            raise ShiftkitError("--adabn is for classification checkpoints", classifier, "drop --adabn for a segmentation model")
         res["label_preservation"] = _segmentation_scores(classifier, a, a2, dev)
     else:
         res["label_preservation"] = {"skipped": "A is not a classification set; see geometry (edge alignment)"}
