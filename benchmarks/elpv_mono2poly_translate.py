@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         y_fda, _ = labels_of(figs["fda"])
         y_l, ds_l = labels_of(figs["learned"])
         assert list(ds_l.paths()) == list(ds_a.paths()) and (y_l == y_a).all(), "A' must keep A's files and labels"
-        for name, fx, yx, wall in (("A + A' (fda)", f_fda, y_fda, walls["fda"]), ("A + A' (learned)", f_l, y_l, walls["learned"] + tt.wall)):
+        for name, fx, yx, wall in (("A + A' (fda)", f_fda, y_fda, walls["fda"]), ("A + A' (learned)", f_l, y_l, walls["learned"] + m["train_s"])):
             with C.Timer() as tc:
                 figs_row = fit_score(np.concatenate([f_a, fx]), np.concatenate([y_a, yx]), f_tt, y_tt, a.C)
             rows[name].add(figs_row, wall + tc.wall, None)
