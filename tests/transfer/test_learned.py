@@ -107,6 +107,8 @@ def test_score_on_tiny_sets(tmp_path, make, translator):
     src = make.classification(tmp_path / "A", n=8, size=(32, 32))
     tgt = make.target(tmp_path / "B", n=6)
     r = score_translator(translator, src, tgt, max_images=8, feature_size=32, progress=False, gap=True)
+    lp = r["label_preservation"]
+    assert 0 <= lp["domain_standardized"]["accuracy_a2"] <= 1
     fd = r["frechet"]
     assert fd["a_vs_b"] > 0 and fd["a2_vs_b"] > 0 and "not Inception-FID" in fd["note"]
     lp = r["label_preservation"]
@@ -115,7 +117,7 @@ def test_score_on_tiny_sets(tmp_path, make, translator):
     assert set(r["gap"]["before"]) == {"properties", "pixels"}
 
 
-def test_score_segmentation_miou_with_a_source_model(tmp_path, make, translator):
+def test_score_segmentation_miou_with_a_source_model(tmp_path, make, translator, capsys):
     """(b) for segmentation: mIoU of a model of A on A' against A's masks, next to its mIoU on A."""
     from shiftkit.models import build_model
     from shiftkit.train.checkpoint import save_weights
@@ -132,6 +134,12 @@ def test_score_segmentation_miou_with_a_source_model(tmp_path, make, translator)
                          progress=False, gap=False)
     lp = r["label_preservation"]
     assert 0 <= lp["miou_a"] <= 1 and 0 <= lp["miou_a2"] <= 1 and "ratio" in lp
+    from shiftkit.cli import main
+
+    capsys.readouterr()
+    assert main(["translator", "score", "--translator", str(translator), "--source", str(src), "--target", str(tgt), "--classifier",
+                 str(tmp_path / "seg.safetensors"), "--max-images", "6", "--feature-size", "32", "--no-gap", "--no-progress"]) == 0
+    assert "label preservation: mIoU A" in capsys.readouterr().out
     with pytest.raises(ShiftkitError):  # a segmentation set with a non-segmentation checkpoint is refused
         info2 = dict(info, task="classification")
         save_weights(tmp_path / "cls.safetensors", net, info2)

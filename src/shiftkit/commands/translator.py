@@ -128,9 +128,14 @@ def _score(args: argparse.Namespace) -> int:
     print(f"Fréchet (MobileNetV2, not Inception-FID): A vs B {fd['a_vs_b']:.2f} -> A' vs B {fd['a2_vs_b']:.2f}"
           f"  (A vs A' {fd['a_vs_a2']:.2f}; {r['n']['a']} / {r['n']['b']} images)")
     lp = r["label_preservation"]
-    if "ratio" in lp:
+    if "miou_a" in lp:
+        print(f"label preservation: mIoU A {lp['miou_a']:.3f} -> A' {lp['miou_a2']:.3f} (ratio {lp['ratio']:.3f}; {lp['classifier']})")
+    elif "ratio" in lp:
         print(f"label preservation: accuracy A {lp['accuracy_a']:.3f} -> A' {lp['accuracy_a2']:.3f} "
               f"(ratio {lp['ratio']:.3f}, agreement {lp['agreement']:.3f}; {lp['classifier']})")
+        if "domain_standardized" in lp:
+            print(f"  with A' features standardised by their own statistics: A' {lp['domain_standardized']['accuracy_a2']:.3f} "
+                  f"(ratio {lp['domain_standardized']['ratio']:.3f})")
     else:
         print(f"label preservation: {lp.get('skipped')}")
     g = r["geometry"]
