@@ -33,3 +33,8 @@ def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if mode == "on" and device.type == "cpu" else None
+
+
+def amp_label(dtype: torch.dtype | None) -> str | bool:
+    """How run folders record an `amp_dtype` result: "bfloat16" / "float16", or False for float32."""
+    return str(dtype).replace("torch.", "") if dtype is not None else False

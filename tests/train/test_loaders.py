@@ -1,6 +1,6 @@
 import torch
 
-from shiftkit.train.loaders import ImageTensors, balanced_weights, batch_order, collate, open_any
+from shiftkit.train.loaders import ImageTensors, balanced_class_weights, balanced_weights, batch_order, collate, open_any
 
 
 def test_batch_order_is_a_pure_function():
@@ -26,6 +26,13 @@ def test_balanced_sampling_draws_classes_evenly():
     draws = [i for e in range(20) for b in batch_order(100, 10, 0, e, weights=w) for i in b]
     share = sum(labels[i] for i in draws) / len(draws)
     assert 0.4 < share < 0.6
+
+
+def test_balanced_class_weights_by_hand():
+    """w_c = N / (C n_c): 6 images, 3 classes with 3 / 2 / 1 images; an absent class counts as one image."""
+    w = balanced_class_weights([0, 0, 0, 1, 1, 2], 3)
+    assert torch.allclose(w, torch.tensor([6 / 9, 6 / 6, 6 / 3]))
+    assert torch.allclose(balanced_class_weights(torch.tensor([0, 0, 1, 1]), 3), torch.tensor([4 / 6, 4 / 6, 4 / 3]))
 
 
 def test_image_tensors_and_collate_drop_bad(tiny):

@@ -29,12 +29,13 @@ import torch
 from torch import nn
 
 from shiftkit.adapt.base import Method, StepInfo
-from shiftkit.device import amp_dtype, resolve_device
+from shiftkit.device import amp_dtype, amp_label, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.train import checkpoint as ckpt
 from shiftkit.train.loaders import (
     ImageTensors,
     TensorRows,
+    balanced_class_weights,
     balanced_weights,
     batch_order,
     dataset_labels,
@@ -581,11 +582,7 @@ class Engine:
             return None
         if cw == "balanced":
             src = self.streams["source"]
-            counts = torch.bincount(torch.as_tensor(self.labels["source"]), minlength=self.num_classes).float()
-            if isinstance(src, TensorRows):
-                counts = torch.bincount(src.labels, minlength=self.num_classes).float()
-            w = counts.sum() / (self.num_classes * counts.clamp_min(1))
-            return w
+            return balanced_class_weights(src.labels if isinstance(src, TensorRows) else self.labels["source"], self.num_classes)
         w = torch.as_tensor([float(v) for v in cw])
         if len(w) != self.num_classes or (w < 0).any():
             raise ShiftkitError(f"--class-weights needs {self.num_classes} non-negative numbers, got {list(cw)}", None,
@@ -604,7 +601,7 @@ class Engine:
         d = _cfg_dict(self.cfg)
         d.update({
             "resolved": {
-                "device": str(self.device), "amp": str(self.amp_dtype).replace("torch.", "") if self.use_amp else False,
+                "device": str(self.device), "amp": amp_label(self.amp_dtype),
                 "size": self.size, "in_channels": self.channels,
                 "classes": self.classes, "iters_per_epoch": self.iters_per_epoch, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup, "select": self.selector.mode, "method": self.method.config(),

@@ -189,6 +189,12 @@ def batch_order(
     return batches
 
 
+def balanced_class_weights(labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class loss weights w_c = N / (C * n_c) (`--class-weights balanced`); an absent class counts as 1."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float()
+    return counts.sum() / (num_classes * counts.clamp_min(1))
+
+
 def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:
     """w_i = 1 / count(y_i): every class is drawn equally often in expectation."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftkit.adapt.cut import CUT, CUTSettings
-from shiftkit.device import amp_dtype, resolve_device
+from shiftkit.device import amp_dtype, amp_label, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.train import checkpoint as ckpt
 from shiftkit.train.runfolder import RunFolder, read_log
@@ -303,7 +303,7 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
     run.write_config({"command": "translator train", "train": _config_dict(cfg), "settings": settings.as_dict(),
                       "channels": channels, "load_size": load, "device": str(dev), "images": {"source": len(ia), "target": len(ib)},
                       "parameters": {"G": _count(model.G), "D": _count(model.D), "F": _count(model.F)},
-                      "amp": str(dtype).replace("torch.", "") if dtype is not None else False})
+                      "amp": amp_label(dtype)})
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else None
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -373,7 +373,7 @@ def _train(cfg: TranslatorConfig, after_step: Callable[[int], None] | None) -> d
     metrics = {
         "steps": step, "size": cfg.size, "batch_size": cfg.batch_size, "preset": cfg.preset, "channels": channels,
         "train_s": round(wall, 2), "s_per_step": round(wall / max(1, step), 4), "device": str(dev),
-        "amp": str(dtype).replace("torch.", "") if dtype is not None else False,
+        "amp": amp_label(dtype),
         "final_losses": last_losses, "log_rows": len(log), "checkpoint": str(run.checkpoints / "last.safetensors"),
         "grid": grid, "parameters": {"G": _count(model.G), "D": _count(model.D), "F": _count(model.F)},
     }

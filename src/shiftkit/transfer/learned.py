@@ -160,6 +160,7 @@ def label_preservation_scores(classifier: str | None, a: list, a2: list, labels:
     from shiftkit.train.metrics import classification_metrics
 
     y = np.asarray(labels)
+    pz2 = None  # the linear judge's predictions on A' standardised by its own statistics
     if classifier:
         import copy
 
@@ -206,18 +207,21 @@ def label_preservation_scores(classifier: str | None, a: list, a2: list, labels:
             pa[te], pa2[te] = clf.predict(fa[te]), clf.predict(fa2[te])
             pz2[te] = clf[-1].predict(z2[te])
         how = f"logistic regression on MobileNetV2 features of A, {folds}-fold (each image scored by a model that never saw it)"
-        acc_a = float((pa == y).mean())
-        standardized = {"accuracy_a2": float((pz2 == y).mean()), "ratio": float((pz2 == y).mean()) / acc_a if acc_a > 0 else float("nan"),
-                        "note": "the same classifiers, with A' features standardised by A' statistics instead of A's "
-                                "(per-domain feature standardisation): a global shift of A' in feature space no longer counts as lost labels"}
     names = [str(i) for i in range(int(max(y.max(), pa.max(), pa2.max())) + 1)]
     ma = classification_metrics(y.tolist(), pa.tolist(), names)
     ma2 = classification_metrics(y.tolist(), pa2.tolist(), names)
     acc_a, acc_a2 = float(ma["accuracy"]), float(ma2["accuracy"])
-    return {"classifier": how, "accuracy_a": acc_a, "accuracy_a2": acc_a2,
-            "balanced_accuracy_a": float(ma["balanced_accuracy"]), "balanced_accuracy_a2": float(ma2["balanced_accuracy"]),
-            "ratio": acc_a2 / acc_a if acc_a > 0 else float("nan"),
-            "agreement": float((pa == pa2).mean()), **({"domain_standardized": standardized} if not classifier else {})}
+    ratio = (lambda acc: acc / acc_a if acc_a > 0 else float("nan"))  # noqa: E731
+    out = {"classifier": how, "accuracy_a": acc_a, "accuracy_a2": acc_a2,
+           "balanced_accuracy_a": float(ma["balanced_accuracy"]), "balanced_accuracy_a2": float(ma2["balanced_accuracy"]),
+           "ratio": ratio(acc_a2), "agreement": float((pa == pa2).mean())}
+    if pz2 is not None:
+        acc_z2 = float((pz2 == y).mean())
+        out["domain_standardized"] = {
+            "accuracy_a2": acc_z2, "ratio": ratio(acc_z2),
+            "note": "the same classifiers, with A' features standardised by A' statistics instead of A's "
+                    "(per-domain feature standardisation): a global shift of A' in feature space no longer counts as lost labels"}
+    return out
 
 
 def _segmentation_scores(model_path: str, a: list, a2: list, device: torch.device) -> dict[str, Any]:
