@@ -65,14 +65,14 @@ def score(model, x, y, classes, tta: str) -> dict[str, float]:
     return {k: float(m[k]) for k in ("accuracy", "balanced_accuracy", "recall_defective", "recall_functional")}
 
 
-def balanced_weights(ds_path: Path):
-    """w_c = N / (C * n_c) from the folder's labels (no decoding)."""
-    import torch
+def finetune_aug_method(class_weights, label_smoothing: float, min_scale: float):
+    """The full recipe's method: source-only with these class weights, trained on the cell's
+    symmetries (dihedral + zoom + contrast/brightness jitter)."""
+    from shiftkit.adapt.augmented import Augmented
+    from shiftkit.adapt.registry import build_method
 
-    from shiftkit.train.loaders import dataset_labels, open_any
-
-    counts = torch.bincount(torch.tensor(dataset_labels(open_any(ds_path, task="classification")))).float()
-    return counts.sum() / (len(counts) * counts)
+    method = build_method("source-only", label_smoothing=label_smoothing, class_weights=class_weights)
+    return Augmented(method, cell_aug(min_scale, 0.2, 0.1), None, "dihedral + zoom + jitter")
 
 
 def report(rows, a, complete: bool):
@@ -103,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     C.add_run_args(ap, "elpv-defect", "runs/bench/elpv-defect")
     a = ap.parse_args(argv)
 
-    from shiftkit.adapt.augmented import Augmented
     from shiftkit.adapt.registry import build_method
     from shiftkit.train.checkpoint import load_model
+    from shiftkit.train.loaders import balanced_class_weights, dataset_labels, open_any
 
     root = C.setup_run(a, BENCH)
+    train = open_any(root / "train", task="classification")
+    weights = balanced_class_weights(dataset_labels(train), len(train.classes))
     xv, yv, classes = load_split(root / "val", a.size)
     rows = []
     for name in a.rows:
@@ -121,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                 res, wall, cpu = C.fit_once(Path(a.out) / name / f"seed{seed}", freeze_backbone=True, epochs=30, lr=1e-3,
                                             head_lr_mult=1.0, **common)
             else:
-                method = build_method("source-only", label_smoothing=a.label_smoothing,
-                                      class_weights=balanced_weights(root / "train"))
                 if name == "finetune+aug":
-                    method = Augmented(method, cell_aug(a.min_scale, 0.2, 0.1), None, "dihedral + zoom + jitter")
+                    method = finetune_aug_method(weights, a.label_smoothing, a.min_scale)
                     method.name = name
+                else:
+                    method = build_method("source-only", label_smoothing=a.label_smoothing, class_weights=weights)
                 res, wall, cpu = C.fit_once(Path(a.out) / name / f"seed{seed}", method=method, epochs=a.epochs, lr=a.lr,
                                             head_lr_mult=10.0, weight_decay=0.01, **common)
             model, _, _ = load_model(Path(res["out"]) / "checkpoints" / "best.safetensors", a.device if a.device != "auto" else "cpu")

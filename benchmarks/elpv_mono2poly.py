@@ -56,12 +56,11 @@ def images(path: Path, size: int, labeled: bool):
 
 
 def balanced_weights(path: Path):
-    import torch
+    """Per-class weights N / (C * n_c) of a labeled folder (no decoding)."""
+    from shiftkit.train.loaders import balanced_class_weights, dataset_labels, open_any
 
-    from shiftkit.train.loaders import dataset_labels, open_any
-
-    counts = torch.bincount(torch.tensor(dataset_labels(open_any(path, task="classification")))).float()
-    return counts.sum() / (len(counts) * counts)
+    ds = open_any(path, task="classification")
+    return balanced_class_weights(dataset_labels(ds), len(ds.classes))
 
 
 def score(model, x, y, classes, tta: str) -> dict[str, float]:

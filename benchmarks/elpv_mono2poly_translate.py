@@ -100,21 +100,17 @@ def train_judges(source: Path, out: Path, folds: int, epochs: int, size: int, de
     fine-tuning recipe (ImageNet MobileNetV2, dihedral + zoom + jitter, balanced class weights) on the
     other folds. Returns (checkpoint, held-out indices) per fold; a finished fold is reused."""
     import numpy as np
-    import torch
     from sklearn.model_selection import StratifiedKFold
 
-    from elpv_defect import cell_aug
-    from shiftkit.adapt.augmented import Augmented
-    from shiftkit.adapt.registry import build_method
+    from elpv_defect import finetune_aug_method
+    from shiftkit.train.loaders import balanced_class_weights
 
     y, ds = labels_of(source)
     judges = []
     for k, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=0).split(np.zeros(len(y)), y)):
         run = out / "judges" / f"fold{k}"
         if not (run / "metrics.json").is_file():
-            counts = torch.bincount(torch.as_tensor(y[tr])).float()
-            method = Augmented(build_method("source-only", label_smoothing=0.1, class_weights=counts.sum() / (len(counts) * counts)),
-                               cell_aug(0.85, 0.2, 0.1), None, "dihedral + zoom + jitter")
+            method = finetune_aug_method(balanced_class_weights(y[tr], len(ds.classes)), 0.1, 0.85)
             res, wall, _ = C.fit_once(run, source=ds.subset(tr.tolist()), backbone="mobilenet_v2", size=size, batch_size=32,
                                       label_smoothing=0.1, class_weights="balanced", seed=0, device=device, select="last",
                                       progress=False, channels_last=True, amp="on", method=method, epochs=epochs, lr=5e-4,
@@ -124,21 +120,27 @@ def train_judges(source: Path, out: Path, folds: int, epochs: int, size: int, de
     return judges
 
 
-def judge_scores(judges, ds_a, ds_a2, y, seed: int, adabn: bool) -> dict:
-    """Label preservation by the cross-fitted judges: every image of A and its A' version is scored
-    by the judge that never saw it; accuracies pooled over folds."""
+def judge_scores(judges, a: list, ds_a2, y, seed: int) -> dict[str, dict]:
+    """Label preservation by the cross-fitted judges, as they are ("finetuned") and with AdaBN
+    ("finetuned_adabn"): every image of A (the decoded Samples `a`) and its A' version is scored by
+    the judge that never saw it; accuracies pooled over folds."""
     import torch
 
     from shiftkit.transfer.learned import label_preservation_scores
 
-    n = ok_a = ok_a2 = 0.0
+    sums = {False: [0.0, 0.0], True: [0.0, 0.0]}
     for ckpt, te in judges:
-        r = label_preservation_scores(ckpt, [ds_a[i] for i in te], [ds_a2[i] for i in te], [int(y[i]) for i in te], None, None,
-                                      seed, torch.device("cpu"), adabn=adabn)
-        n, ok_a, ok_a2 = n + len(te), ok_a + r["accuracy_a"] * len(te), ok_a2 + r["accuracy_a2"] * len(te)
-    return {"classifier": f"{len(judges)}-fold cross-fitted fine-tuned MobileNetV2 (B1's recipe) trained on A"
-                          + (", BatchNorm statistics re-estimated on each scored set (AdaBN)" if adabn else ""),
-            "accuracy_a": ok_a / n, "accuracy_a2": ok_a2 / n, "ratio": ok_a2 / ok_a if ok_a else float("nan")}
+        a_k, a2_k, y_k = [a[i] for i in te], [ds_a2[i] for i in te], [int(y[i]) for i in te]
+        for adabn, acc in sums.items():
+            r = label_preservation_scores(ckpt, a_k, a2_k, y_k, None, None, seed, torch.device("cpu"), adabn=adabn)
+            acc[0] += r["accuracy_a"] * len(te)
+            acc[1] += r["accuracy_a2"] * len(te)
+    n = sum(len(te) for _, te in judges)
+    what = f"{len(judges)}-fold cross-fitted fine-tuned MobileNetV2 (B1's recipe) trained on A"
+    return {("finetuned_adabn" if adabn else "finetuned"): {
+        "classifier": what + (", BatchNorm statistics re-estimated on each scored set (AdaBN)" if adabn else ""),
+        "accuracy_a": ok_a / n, "accuracy_a2": ok_a2 / n, "ratio": ok_a2 / ok_a if ok_a else float("nan")}
+        for adabn, (ok_a, ok_a2) in sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"features A/B/test: {tf.wall:.0f} s", file=sys.stderr, flush=True)
 
     judges = train_judges(root / "source", out, a.judge_folds, a.judge_epochs, a.feature_size, a.device) if a.judge_epochs > 0 else []
+    samples_a = [ds_a[i] for i in range(len(ds_a))] if judges else []  # decoded once, scored by every seed's judges
     rows = {k: C.Row(k, False) for k in ("A alone", "A + A' (fda)", "A + A' (learned)")}
     extra: dict = {"translator": [], "frechet": [], "label_preservation": [], "edge_alignment": [], "grids": []}
     fd_ab = frechet_from_features(f_a, f_b)
@@ -203,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                batch_size=a.batch_size, preset="fastcut" if a.fast else "cut", seed=tseed, device=a.device,
                                amp=a.amp, channels_last=a.channels_last,
                                threads=a.threads, progress=sys.stderr.isatty(), grid_every=max(100, a.steps // 4))
-        with C.Timer() as tt:
-            m = train_translator(cfg)
+        m = train_translator(cfg)
         print(f"seed {seed}: translator {m['steps']} steps at {m['size']} px, {m['train_s']:.0f} s ({m['s_per_step']:.2f} s/step)",
               file=sys.stderr, flush=True)
         extra["translator"].append({"seed": tseed, "steps": m["steps"], "size": m["size"], "load_size": cfg.load_size or round(1.125 * a.size), "preset": m["preset"],
@@ -241,11 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         lp_fda = label_preservation_scores(None, [], [], y_a.tolist(), f_a, f_fda, seed, torch.device("cpu"))
         if judges:
             _, ds_fda = labels_of(figs["fda"])
-            for name, dsx in (("learned", ds_l), ("fda", ds_fda)):
+            for lp_x, dsx in ((lp, ds_l), (lp_fda, ds_fda)):
                 assert list(dsx.paths()) == list(ds_a.paths())
-                lp_x = lp if name == "learned" else lp_fda
-                lp_x["finetuned"] = judge_scores(judges, ds_a, dsx, y_a, seed, adabn=False)
-                lp_x["finetuned_adabn"] = judge_scores(judges, ds_a, dsx, y_a, seed, adabn=True)
+                lp_x.update(judge_scores(judges, samples_a, dsx, y_a, seed))
             print(f"seed {seed} label preservation (learned): logreg {lp['ratio']:.3f}, fine-tuned {lp['finetuned']['ratio']:.3f}, "
                   f"fine-tuned + AdaBN {lp['finetuned_adabn']['ratio']:.3f}", file=sys.stderr, flush=True)
         extra["label_preservation"].append({"seed": seed, "learned": lp, "fda": lp_fda})
