@@ -28,6 +28,10 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     adapt = metrics["adapt"]["methods"]
     assert set(adapt) == {"source-only", "mcc"} and all(0.0 <= v["balanced_accuracy"] <= 1.0 for v in adapt.values())
     assert (out / "adapt" / "mcc" / "checkpoints" / "best.safetensors").is_file()
+    tr = metrics["translate"]
+    assert tr["steps"] == 4 and tr["amp"] == "bfloat16" and -1.0 <= tr["edge_alignment"] <= 1.0
+    assert (out / "figures" / "mono_to_poly_cut.png").stat().st_size > 1000
+    assert (out / "translator" / "checkpoints" / "last.safetensors").is_file()
 
 
 def test_demo_bad_args(capsys):
