@@ -12,10 +12,12 @@ import torch
 
 from shiftkit.adapt.shot import (
     Shot,
+    ShotDistill,
     ShotSelfTrain,
     balanced_assignment,
     centroid_pseudo_labels,
     cutout,
+    fresh_copy,
     neighbour_vote,
     random_affine,
     shot_loss,
@@ -286,9 +288,20 @@ def test_cli_adapt_state_dict_with_arch(tmp_path, capsys):
         assert c["resolved"]["amp"] == "bfloat16" and c["channels_last"] is True
     assert r["selftrain"]["method"] == "shot_selftrain" and "target_test_accuracy" in r["selftrain"]
     assert (tmp_path / "run2" / "selftrain" / "checkpoints" / "best.safetensors").is_file()
-    assert main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--out", str(tmp_path / "r3"),
-                 "--selftrain-epochs", "-1"]) == 2
-    assert "--selftrain-epochs" in capsys.readouterr().err
+    for flag, value in (("--selftrain-epochs", "-1"), ("--distill-epochs", "-2"), ("--distill-fraction", "1.5")):
+        assert main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target),
+                     "--out", str(tmp_path / "r3"), flag, value]) == 2
+        assert flag in capsys.readouterr().err
+    assert not (tmp_path / "r3").exists()  # refused before any stage ran
+    # the distillation stage after SHOT: OUT/distill, a fresh student, its figures in the text output
+    rc = main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--target-test", str(test),
+               "--out", str(tmp_path / "run4"), "--epochs", "1", "--batch-size", "8", "--distill-epochs", "1",
+               "--distill-batch-size", "8", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "shot_distill (source-free)" in text and str(tmp_path / "run4" / "distill") in text
+    c = json.loads((tmp_path / "run4" / "distill" / "config.json").read_text())
+    assert c["schedule"] == "cosine" and c["batch_size"] == 8 and c["resolved"]["method"]["fraction"] == 0.8
     # no architecture for a plain state_dict: one-line error, exit 2
     assert main(["adapt", "--model", str(pth), "--target", str(target), "--out", str(tmp_path / "r2")]) == 2
     assert "--arch" in capsys.readouterr().err
@@ -478,3 +491,85 @@ def test_selftrain_labels_from_neighbours_through_the_engine(tmp_path):
     assert seen["voted"].shape == seen["own"].shape and torch.allclose(seen["voted"].sum(1), torch.ones(24), atol=1e-4)
     assert not torch.allclose(seen["voted"], seen["own"])  # labels came from the neighbours, not the image itself
     assert method.pseudo_labels.tolist() == seen["voted"].argmax(1).tolist()  # fraction 1: every image labelled
+
+
+def test_fresh_copy_reinitialises_every_layer_from_its_seed():
+    torch.manual_seed(0)
+    model = build("svhn_net", input_size=8, num_classes=2).requires_grad_(False)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.fill_(5.0)
+    state = torch.get_rng_state()
+    fresh = fresh_copy(model, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    assert fresh.spec == model.spec and fresh.classes == model.classes
+    assert all(p.requires_grad for p in fresh.parameters()) and not any(p.requires_grad for p in model.parameters())
+    weights = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    old, new = dict(model.named_parameters()), dict(fresh.named_parameters())
+    assert weights and all(not torch.equal(old[n], new[n]) for n in weights)
+    assert float(next(m for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean.abs().max()) == 0
+    again, other = fresh_copy(model, seed=3), fresh_copy(model, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), other.state_dict().values()))
+
+
+class _FlatLogits(torch.nn.Module):
+    """net(x) = (x, x flattened): a (N, C, 1, 1) 'image' is its own logits."""
+
+    def forward(self, x):
+        return x, x.flatten(1)
+
+
+def test_distill_loss_against_hand_computation():
+    method = ShotDistill(_FlatLogits(), label_smoothing=0.1, degrees=0.0, scale=0.0, translate=0.0)
+    method.pseudo_labels = torch.tensor([1, -1, 0])
+    x = torch.tensor([[0.0, 1.0], [3.0, 0.0], [0.5, -0.5]]).view(3, 2, 1, 1)
+    phase = method.phases(_FlatLogits(), {"target": {"x": x, "index": torch.tensor([0, 1, 2])}}, None)[0]
+    log_p = torch.log_softmax(x.flatten(1), 1)
+
+    def smoothed(i, y):  # -(1 - eps) log p_y - eps / C sum_c log p_c
+        return -(0.9 * log_p[i, y] + 0.1 / 2 * log_p[i].sum())
+
+    assert torch.isclose(phase.losses["distill"], (smoothed(0, 1) + smoothed(2, 0)) / 2, atol=1e-6)
+    assert phase.logs["labelled"] == pytest.approx(2 / 3)
+    method.pseudo_labels = torch.tensor([-1, -1, -1])  # only uncertain images: a zero loss that still backpropagates
+    xg = x.clone().requires_grad_(True)
+    phase = method.phases(_FlatLogits(), {"target": {"x": xg, "index": torch.tensor([0, 1, 2])}}, None)[0]
+    phase.losses["distill"].backward()
+    assert phase.losses["distill"].item() == 0.0 and xg.grad is not None
+
+
+def test_distill_bad_arguments():
+    teacher = build("svhn_net", input_size=8, num_classes=2)
+    for kwargs, word in (({"label_smoothing": 1.0}, "label_smoothing"), ({"degrees": -1}, "degrees"),
+                         ({"fraction": 0.0}, "confident_fraction"), ({"translate": -0.1}, "translate")):
+        with pytest.raises(ShiftkitError, match=word):
+            ShotDistill(teacher, **kwargs)
+    with pytest.raises(ShiftkitError, match="teacher"):
+        ShotDistill("svhn.pth")
+
+
+def test_distill_run_through_the_engine_learns_the_teachers_labels(tmp_path):
+    from shiftkit.adapt.sourcefree import adapt
+    from shiftkit.models.ccexam import to_unit
+
+    torch.manual_seed(0)
+    teacher = build("svhn_net", input_size=8, num_classes=2).eval()
+    target = _Digits(24, 1, False, 0.2)
+    with torch.no_grad():
+        probs = teacher(to_unit(torch.from_numpy(target.images)[:, None], 8)).softmax(1)
+    teacher_before = [p.detach().clone() for p in teacher.parameters()]
+    student = fresh_copy(teacher, seed=1)
+    head_before = [p.detach().clone() for p in student.head.parameters()]
+    method = ShotDistill(teacher, fraction=0.5)
+    m = adapt(student, target, method=method, out=tmp_path / "d", epochs=2, batch_size=8, lr=0.05, schedule="cosine",
+              seed=0, device="cpu", progress=False)
+    assert m["method"] == "shot_distill" and m["uses_target_labels"] is False
+    assert m["select"] == "last" and m["selected_epoch"] == 1  # the method's own default: the student's last epoch
+    labels = method.pseudo_labels
+    kept = labels >= 0
+    assert int(kept.sum()) in range(10, 15)  # about half of 24, per predicted class
+    assert torch.equal(labels[kept], probs.argmax(1)[kept])  # the teacher's labels, not the student's
+    assert torch.equal(labels, ShotSelfTrain.confident_labels(probs, 0.5))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))  # the teacher never trains
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, student.head.parameters()))  # the whole student does
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["resolved"]["method"]["fraction"] == 0.5

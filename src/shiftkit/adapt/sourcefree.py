@@ -5,7 +5,8 @@ classification) and no source argument at all; `method="das3"` (segmentation) ru
 stages (`shiftkit.adapt.das3`), each a target-only Method run by the same engine in OUT/stage<k>. The engine normally learns the class names from `--source` or an
 `--init` checkpoint; here they come from the model (`model.classes`, else "0".."K-1"), which is
 the only change `SourceFreeEngine` makes. Model choice is label-free (information maximisation
-on the target set); target-test labels, when given, only score.
+on the target set, or the last epoch for a method whose `default_select` says so); target-test
+labels, when given, only score.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def adapt(
 
         cfg_kwargs = {**DAS3_DEFAULTS, "select": "label-free", **settings, "task": "segmentation"}
     else:
-        cfg_kwargs = {**SHOT_DEFAULTS, "select": "label-free", **settings}
+        cfg_kwargs = {**SHOT_DEFAULTS, "select": getattr(m, "default_select", "label-free"), **settings}
     cfg = TrainConfig(source=None, target=target, target_test=target_test, out=os.fspath(out), method=m.name, **cfg_kwargs)
     engine = SourceFreeEngine(cfg, model=model, method=m)
     return engine.run_training()

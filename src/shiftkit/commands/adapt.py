@@ -30,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = epilog(
         "shiftkit adapt --model ccexam:svhn --target data/mnist/train --target-test data/mnist/test --method shot --out runs/shot",
         "shiftkit adapt --model svhn.pth --arch svhn_net --target T --out runs/shot --epochs 10",
-        "shiftkit adapt --model ccexam:svhn --target T --balanced-labels --selftrain-epochs 16 --out runs/shot2",
+        "shiftkit adapt --model ccexam:svhn --target T --balanced-labels --selftrain-epochs 64 --distill-epochs 50 --out runs/shot3",
         "shiftkit adapt --model runs/train/checkpoints/best.safetensors --target T --out runs/shot",
         "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --target-test TT --method das3 --out runs/das3",
         "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --method das3 --stages 1,2 --out runs/das3",
@@ -60,6 +60,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "labels refreshed every epoch, the most certain share of each class growing 0.3 -> 0.9, "
                         "FixMatch consistency on the rest (0 = none)")
     a.add_argument("--selftrain-lr", type=float, default=0.01, help="shot: learning rate of the self-training stage")
+    a.add_argument("--distill-epochs", type=int, default=0,
+                   help="shot: then a distillation stage (OUT/distill) of this many epochs: the last stage's choice labels "
+                        "the target once and a freshly initialised copy of the architecture learns the most certain "
+                        "--distill-fraction of each class on augmented views (0 = none)")
+    a.add_argument("--distill-fraction", type=float, default=0.8, help="shot: share of each predicted class the student learns")
+    a.add_argument("--distill-lr", type=float, default=0.05, help="shot: learning rate of the distillation stage (SGD, cosine)")
+    a.add_argument("--distill-batch-size", type=int, default=128, help="shot: batch size of the distillation stage")
     a.add_argument("--stages", default="1,2,3", help="das3: stages to run, e.g. 1,2,3 or 2,3 (ablations)")
     a.add_argument("--alpha", type=float, default=0.5, help="das3 stage 1: weight of certain pixels (uncertain: 1 - alpha)")
     a.add_argument("--gamma", type=float, default=2.0, help="das3 stage 1: focal exponent shrinking confident pixels' loss")
@@ -96,6 +103,27 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_json(s)
 
 
+def later_shot_stages(args: argparse.Namespace, r: dict, run_options: dict, settings: dict) -> dict:
+    """Self-training (OUT/selftrain) from SHOT's choice, then distillation (OUT/distill) from the last
+    stage's choice into a fresh copy of the architecture; each stage's figures under its name."""
+    from shiftkit.adapt.shot import ShotDistill, ShotSelfTrain, fresh_copy
+    from shiftkit.adapt.sourcefree import adapt
+    from shiftkit.models.ccexam import load_model
+
+    if args.selftrain_epochs:
+        st = adapt(load_model(r["checkpoint"]), args.target, method=ShotSelfTrain(), out=Path(args.out) / "selftrain",
+                   **run_options, **{**settings, "epochs": args.selftrain_epochs, "lr": args.selftrain_lr})
+        r = {**r, "selftrain": {k: v for k, v in st.items() if k != "history"}}
+    if args.distill_epochs:
+        teacher = load_model(r.get("selftrain", r)["checkpoint"])
+        d = adapt(fresh_copy(teacher, args.seed), args.target, method=ShotDistill(teacher, fraction=args.distill_fraction),
+                  out=Path(args.out) / "distill", **run_options,
+                  **{**settings, "epochs": args.distill_epochs, "lr": args.distill_lr, "schedule": "cosine",
+                     "batch_size": args.distill_batch_size})
+        r = {**r, "distill": {k: v for k, v in d.items() if k != "history"}}
+    return r
+
+
 def run(args: argparse.Namespace) -> int:
     from shiftkit.adapt.sourcefree import adapt, build_sourcefree_method
     from shiftkit.models.ccexam import load_model
@@ -111,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         method = build_sourcefree_method(args.method, beta=args.beta, im_weight=args.im_weight,  # bad options fail first
                                          balanced_labels=args.balanced_labels)
-        if args.selftrain_epochs < 0:
-            raise ShiftkitError(f"--selftrain-epochs must be >= 0, got {args.selftrain_epochs}", None, "pass 0 for none")
+        for flag, value in (("--selftrain-epochs", args.selftrain_epochs), ("--distill-epochs", args.distill_epochs)):
+            if value < 0:
+                raise ShiftkitError(f"{flag} must be >= 0, got {value}", None, "pass 0 for none")
+        if not 0.0 < args.distill_fraction <= 1.0:
+            raise ShiftkitError(f"--distill-fraction must be in (0, 1], got {args.distill_fraction}", None, "e.g. 0.8")
     model = load_model(args.model, args.arch)
     settings = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("weight_decay", args.weight_decay)) if v is not None}
@@ -127,13 +158,8 @@ def run(args: argparse.Namespace) -> int:
                    "device": args.device, "workers": args.workers, "resume": args.resume, "on_bad": args.on_bad,
                    "progress": not args.no_progress, "amp": args.amp, "channels_last": args.channels_last}
     r = adapt(model, args.target, method=method, out=args.out, **run_options, **settings)
-    if args.method == "shot" and args.selftrain_epochs:
-        from shiftkit.adapt.shot import ShotSelfTrain
-
-        settings.update(epochs=args.selftrain_epochs, lr=args.selftrain_lr)
-        r2 = adapt(load_model(r["checkpoint"]), args.target, method=ShotSelfTrain(), out=Path(args.out) / "selftrain",
-                   **run_options, **settings)
-        r = {**r, "selftrain": {k: v for k, v in r2.items() if k != "history"}}
+    if args.method == "shot":
+        r = later_shot_stages(args, r, run_options, settings)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "history"}, indent=2))
         return 0
@@ -145,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  stage {k} {st['status']:9s} {figs}")
         print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
         return 0
-    for stage in (r, r.get("selftrain")):
+    for stage in (r, r.get("selftrain"), r.get("distill")):
         if stage is None:
             continue
         sel = stage["selected"]

@@ -251,14 +251,17 @@ class Engine:
         return len(self.streams[name])
 
     @torch.no_grad()
-    def infer(self, stream: str = "target", max_samples: int | None = None) -> dict[str, torch.Tensor]:
-        """Features, probabilities, labels (-1 unknown) and indices over a whole stream, eval mode."""
+    def infer(self, stream: str = "target", max_samples: int | None = None,
+              model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Features, probabilities, labels (-1 unknown) and indices over a whole stream, eval mode;
+        by the engine's model, or by another `model` with the same input (a teacher) when given."""
         ds = self.streams[stream]
         if max_samples is not None and len(ds) > max_samples:
             g = torch.Generator().manual_seed(self.cfg.seed + 99)
             idx = sorted(torch.randperm(len(ds), generator=g)[:max_samples].tolist())
             ds = torch.utils.data.Subset(ds, idx)
-        self.net.eval()
+        net = self.net if model is None else _Net(model)
+        net.eval()
         feats, probs, ys, index = [], [], [], []
         workers = 0 if isinstance(self.streams[stream], TensorRows) else self.cfg.workers
         for b in iterate_batches(ds, self.cfg.eval_batch_size, workers):
@@ -267,7 +270,7 @@ class Engine:
             if b["x"] is None:
                 continue
             with self._autocast():
-                f, z = self.net(self._to_input(b["x"]))
+                f, z = net(self._to_input(b["x"]))
             feats.append(f.float().cpu())
             probs.append(torch.softmax(z.float(), dim=1).cpu())
             ys.append(b["y"])
