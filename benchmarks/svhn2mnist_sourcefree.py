@@ -144,6 +144,17 @@ def scored(args: argparse.Namespace, out: Path, m: dict, wall: float, test, moni
     }
 
 
+def stage_row(method: str, records: list[dict], monitor: int, **settings: dict) -> dict:
+    """A result row from the per-seed records of one stage (`scored`)."""
+    return {
+        "method": method, "uses_target_labels": False, **settings,
+        "metrics": {"accuracy": summary([r["accuracy"] for r in records]),
+                    "accuracy_last_epoch": summary([r["last"] for r in records])},
+        "selected_epoch": [r["selected_epoch"] for r in records], "wall_s": summary([r["wall_s"] for r in records]),
+        **({"monitor_accuracy_per_epoch": {"images": monitor, "values": [r["curve"] for r in records]}} if monitor else {}),
+    }
+
+
 def run_options(args: argparse.Namespace) -> dict:
     """Engine settings shared by both stages: bfloat16 autocast on CPU (`--amp on`), channels-last."""
     return {"amp": args.amp, "channels_last": args.channels_last}
@@ -291,40 +302,26 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [
             {"method": "source-only", "uses_target_labels": False,
              "metrics": {"accuracy": summary([src_acc])}, "wall_s": summary([src_wall])},
-            {"method": "shot", "uses_target_labels": False,
-             "metrics": {"accuracy": summary(acc), "accuracy_last_epoch": summary([r["last"] for r in runs])},
-             "selected_epoch": [r["selected_epoch"] for r in runs], "wall_s": summary([r["wall_s"] for r in runs]),
-             **({"monitor_accuracy_per_epoch": {"images": args.monitor, "values": [r["curve"] for r in runs]}} if args.monitor else {})},
-            *([{"method": "shot+selftrain", "uses_target_labels": False,
-                "stage2": {"epochs": args.selftrain_epochs, "iters_per_epoch": args.iters_per_epoch, "lr": args.selftrain_lr,
-                           **stage2_options(args),
-                           "recipe": "starts from the stage-1 label-free choice; at each epoch start the current model labels "
-                                     "the target set and per predicted class the most certain share keeps its label (share "
-                                     "growing from confident_fraction to final_fraction); CE on randomly affine-augmented "
-                                     "(then cutout, when > 0) views of those, FixMatch consistency (plain view with max p >= tau teaches the "
-                                     "augmented view) on the rest, information maximisation on the plain view; "
-                                     "label-free choice over epochs"},
-                "metrics": {"accuracy": summary([r["selftrain"]["accuracy"] for r in runs]),
-                            "accuracy_last_epoch": summary([r["selftrain"]["last"] for r in runs])},
-                "selected_epoch": [r["selftrain"]["selected_epoch"] for r in runs],
-                "wall_s": summary([r["selftrain"]["wall_s"] for r in runs]),
-                **({"monitor_accuracy_per_epoch": {"images": args.monitor, "values": [r["selftrain"]["curve"] for r in runs]}}
-                   if args.monitor else {})}] if args.selftrain_epochs else []),
-            *([{"method": ("shot+selftrain" if args.selftrain_epochs else "shot") + "+distill", "uses_target_labels": False,
-                "stage3": {"epochs": args.distill_epochs, "iters_per_epoch": args.iters_per_epoch,
-                           "batch_size": args.distill_batch_size, "lr": args.distill_lr, "fraction": args.distill_fraction,
-                           "optimizer": "SGD nesterov momentum 0.9, weight decay 5e-4, cosine",
-                           "recipe": "the previous stage's label-free choice (the teacher) labels the target set once; per "
-                                     "predicted class the most certain fraction keeps its label; a freshly initialised "
-                                     "SVHNNet (shiftkit.adapt.shot.fresh_copy) learns them on randomly affine-augmented "
-                                     "views, label smoothing 0.1; the last epoch is the model (ShotDistill.default_select: "
-                                     "no target label read; see how_chosen)"},
-                "metrics": {"accuracy": summary([r["distill"]["accuracy"] for r in runs]),
-                            "accuracy_last_epoch": summary([r["distill"]["last"] for r in runs])},
-                "selected_epoch": [r["distill"]["selected_epoch"] for r in runs],
-                "wall_s": summary([r["distill"]["wall_s"] for r in runs]),
-                **({"monitor_accuracy_per_epoch": {"images": args.monitor, "values": [r["distill"]["curve"] for r in runs]}}
-                   if args.monitor else {})}] if args.distill_epochs else []),
+            stage_row("shot", runs, args.monitor),
+            *([stage_row("shot+selftrain", [r["selftrain"] for r in runs], args.monitor, stage2={
+                "epochs": args.selftrain_epochs, "iters_per_epoch": args.iters_per_epoch, "lr": args.selftrain_lr,
+                **stage2_options(args),
+                "recipe": "starts from the stage-1 label-free choice; at each epoch start the current model labels "
+                          "the target set and per predicted class the most certain share keeps its label (share "
+                          "growing from confident_fraction to final_fraction); CE on randomly affine-augmented "
+                          "(then cutout, when > 0) views of those, FixMatch consistency (plain view with max p >= tau teaches the "
+                          "augmented view) on the rest, information maximisation on the plain view; "
+                          "label-free choice over epochs"})] if args.selftrain_epochs else []),
+            *([stage_row(("shot+selftrain" if args.selftrain_epochs else "shot") + "+distill", [r["distill"] for r in runs],
+                         args.monitor, stage3={
+                "epochs": args.distill_epochs, "iters_per_epoch": args.iters_per_epoch,
+                "batch_size": args.distill_batch_size, "lr": args.distill_lr, "fraction": args.distill_fraction,
+                "optimizer": "SGD nesterov momentum 0.9, weight decay 5e-4, cosine",
+                "recipe": "the previous stage's label-free choice (the teacher) labels the target set once; per "
+                          "predicted class the most certain fraction keeps its label; a freshly initialised "
+                          "SVHNNet (shiftkit.adapt.shot.fresh_copy) learns them on randomly affine-augmented "
+                          "views, label smoothing 0.1; the last epoch is the model (ShotDistill.default_select: "
+                          "no target label read; see how_chosen)"})] if args.distill_epochs else []),
         ],
         "how_chosen": HOW_CHOSEN,
         "anchors": {"shot_paper": "SHOT (Liang et al., ICML 2020): SVHN->MNIST 98.9% (all MNIST train, 30 epochs, on GPU)",
