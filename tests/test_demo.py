@@ -32,6 +32,29 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     assert tr["steps"] == 4 and tr["amp"] == "bfloat16" and -1.0 <= tr["edge_alignment"] <= 1.0
     assert (out / "figures" / "mono_to_poly_cut.png").stat().st_size > 1000
     assert (out / "translator" / "checkpoints" / "last.safetensors").is_file()
+    # another --limit in the same folder is refused before anything is written; --overwrite starts again
+    assert main(["--out", str(out), "--limit", "12", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--limit 10" in err and "--overwrite" in err
+    assert json.loads((out / "config.json").read_text())["limit"] == 10
+
+
+def test_demo_overwrite_removes_only_its_own_outputs(tmp_path):
+    from shiftkit.demo import Demo
+
+    out = tmp_path / "demo"
+    for name in ("data/source", "adapt/mcc", "translator", "figures"):
+        (out / name).mkdir(parents=True)
+    (out / "config.json").write_text('{"seed": 0, "limit": 10}')
+    (out / "notes.txt").write_text("mine")
+    demo = Demo(out, 1, "cpu", False, 12)
+    Demo(out, 0, "cpu", False, 10).check_out()  # the same run: resumed
+    from shiftkit.errors import ShiftkitError
+
+    with pytest.raises(ShiftkitError, match="--seed 0 --limit 10"):
+        demo.check_out()
+    demo.check_out(overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_demo_bad_args(capsys):

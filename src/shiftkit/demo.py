@@ -234,7 +234,33 @@ class Demo:
         ("adapt", "Training on mono cells and adapting to unlabeled poly cells"),
     )
 
-    def run(self) -> int:
+    # what a demo run writes under OUT (removed by --overwrite)
+    OUTPUTS = ("data", "adapt", "translator", "figures", "config.json", "metrics.json")
+
+    def check_out(self, overwrite: bool = False) -> None:
+        """A rerun resumes only the run it started: another --seed or --limit in the same OUT is refused
+        (its data, runs and figures belong to the first), or with `overwrite` that run is removed."""
+        if overwrite:
+            import shutil
+
+            for name in self.OUTPUTS:
+                p = self.out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+            return
+        old = self.out / "config.json"
+        if old.is_file():
+            prev = json.loads(old.read_text())
+            if (prev.get("seed"), prev.get("limit")) != (self.seed, self.limit):
+                was = f"--seed {prev.get('seed')}" + (f" --limit {prev['limit']}" if prev.get("limit") is not None else "")
+                raise ShiftkitError(f"this folder holds a demo run made with {was}", self.out,
+                                    "rerun with those options to resume it, add --overwrite to start it again, "
+                                    "or choose another --out")
+
+    def run(self, overwrite: bool = False) -> int:
+        self.check_out(overwrite)
         self.out.mkdir(parents=True, exist_ok=True)
         config = {"command": "python -m shiftkit.demo", "out": str(self.out), "seed": self.seed, "device": self.device,
                   "limit": self.limit, "grid": self.grid, "benchmark": BENCHMARK,
@@ -293,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="at most N images per split (a quick trial)")
     p.add_argument("--grid", type=int, default=6, help="mono cells shown in the before/after grid (default 6)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove an earlier demo run in --out (its data, runs, figures) and start again")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -301,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.grid < 1:
             raise ShiftkitError(f"--grid must be >= 1, got {args.grid}")
         demo = Demo(Path(args.out), args.seed, args.device, not args.no_progress, args.limit, args.grid)
-        rc = demo.run()
+        rc = demo.run(args.overwrite)
     except ShiftkitError as exc:
         print(f"shiftkit demo: error: {exc}", file=sys.stderr)
         return 2

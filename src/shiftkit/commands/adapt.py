@@ -30,7 +30,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = epilog(
         "shiftkit adapt --model ccexam:svhn --target data/mnist/train --target-test data/mnist/test --method shot --out runs/shot",
         "shiftkit adapt --model svhn.pth --arch svhn_net --target T --out runs/shot --epochs 10",
-        "shiftkit adapt --model ccexam:svhn --target T --balanced-labels --selftrain-epochs 64 --distill-epochs 50 --out runs/shot3",
+        "shiftkit adapt --model ccexam:svhn --target T --balanced-labels --lr 0.05 --epochs 12 --iters-per-epoch 50 "
+        "--selftrain-epochs 64 --distill-epochs 50 --amp on --channels-last --out runs/b4   # B4's three stages",
         "shiftkit adapt --model runs/train/checkpoints/best.safetensors --target T --out runs/shot",
         "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --target-test TT --method das3 --out runs/das3",
         "shiftkit adapt --model runs/seg/checkpoints/best.safetensors --target T --method das3 --stages 1,2 --out runs/das3",
