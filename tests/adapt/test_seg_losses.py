@@ -132,6 +132,25 @@ def test_classwise_thresholds_fda_rule():
     assert y.tolist() == [[[255, 1]]]
 
 
+def test_classwise_thresholds_capped_by_a_class_prior():
+    # 10 pixels; class 1 is predicted on 6 of them although its prior share is 0.2 (2 pixels)
+    conf = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95, 0.85, 0.75, 0.65, 0.55, 0.5])
+    lab = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    plain = classwise_thresholds(conf, lab, 3)
+    # FDA rule: class 0 sorted [.6 .7 .8 .9] -> index 2 = .8; class 1 sorted [.5 .55 .65 .75 .85 .95] -> index 3 = .75
+    assert torch.allclose(plain, torch.tensor([0.8, 0.75, 0.0]))
+    capped = classwise_thresholds(conf, lab, 3, prior=torch.tensor([0.7, 0.2, 0.1]))
+    # class 1 would keep 3 (.75 .85 .95) > floor(0.2 * 10) = 2: its threshold rises to its 2nd most confident, .85;
+    # class 0 keeps 2 <= 7: unchanged; class 2 is never predicted
+    assert torch.allclose(capped, torch.tensor([0.8, 0.85, 0.0]))
+    assert int((conf[lab == 1] >= capped[1]).sum()) == 2
+    none = classwise_thresholds(conf, lab, 3, prior=[0.95, 0.0, 0.05])  # a zero share keeps nothing of that class
+    assert math.isinf(float(none[1])) and not bool((conf[lab == 1] >= none[1]).any())
+    for bad in ([0.5, 0.5], [1.0, -0.5, 0.5], [0.0, 0.0, 0.0]):
+        with pytest.raises(ValueError, match="prior"):
+            classwise_thresholds(conf, lab, 3, prior=bad)
+
+
 def test_losses_run_on_cuda_if_present():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

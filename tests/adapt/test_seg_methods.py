@@ -147,6 +147,43 @@ def test_fda_st_pseudo_labels_and_resume_state():
     assert torch.equal(m2.pseudo, m.pseudo)
 
 
+def test_fda_st_source_prior_caps_the_pseudo_labels_and_survives_resume():
+    model, m, opts, eng = _setup("fda-st", st_start=0.5, lambda_st=1.0, st_prior="source")
+    batch = _batch()
+    _run_step(m, model, opts, batch, step=0)  # source masks seen before the pseudo labels: the prior
+    ys = batch["source"]["y"]
+    expect = torch.bincount(ys[ys != 255].flatten(), minlength=C).double()
+    assert torch.equal(m.source_counts[:C], expect)
+    again = build_seg_method("fda-st", st_prior="source")
+    again.load_state_dict(m.state_dict())  # a run resumed before the pseudo labels keeps the counts
+    assert torch.equal(again.source_counts, m.source_counts)
+    eng.global_step = 2
+    m.on_epoch_start(eng)
+    kept = m.pseudo[m.pseudo != 255].long()
+    prior = expect / expect.sum()
+    n = m.pseudo.numel()
+    for c in range(C):  # no class keeps more than its prior share of the target pixels
+        assert int((kept == c).sum()) <= int(float(prior[c]) * n) or float(m.thresholds[c]) == 0.0
+    assert m.config()["st_prior"] == "source"
+    from shiftkit.adapt.fda_st import predict_stream
+    from shiftkit.adapt.seg_losses import classwise_thresholds
+
+    conf, lab, _ = predict_stream([model], eng.streams["target"])
+    assert not torch.equal(classwise_thresholds(conf, lab.long(), C), m.thresholds)  # the cap moved a threshold
+
+
+def test_fda_st_prior_options_refused():
+    for bad in ("target", [0.5, -0.1, 0.6], [0.0, 0.0, 0.0]):
+        with pytest.raises(ShiftkitError, match="st_prior"):
+            build_seg_method("fda-st", st_prior=bad)
+    model, m, _, eng = _setup("fda-st", teachers=[UNet(C, base=4, depth=2)], st_prior="source")
+    with pytest.raises(ShiftkitError, match="source pixels"):  # teachers label at once: no source seen yet
+        m.on_epoch_start(eng)
+    model, m, _, eng = _setup("fda-st", teachers=[UNet(C, base=4, depth=2)], st_prior=[0.5, 0.5])
+    with pytest.raises(ShiftkitError, match="2 shares for 3 classes"):
+        m.on_epoch_start(eng)
+
+
 def test_fda_st_with_teachers_labels_from_their_mean():
     model, m, _, eng = _setup("fda-st", teachers=[UNet(C, base=4, depth=2), UNet(C, base=4, depth=2)])
     m.on_epoch_start(eng)  # teachers: pseudo labels from the start

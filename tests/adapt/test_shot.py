@@ -296,7 +296,7 @@ def test_cli_adapt_state_dict_with_arch(tmp_path, capsys):
     # the distillation stage after SHOT: OUT/distill, a fresh student, its figures in the text output
     rc = main(["adapt", "--model", str(pth), "--arch", "usps_net", "--target", str(target), "--target-test", str(test),
                "--out", str(tmp_path / "run4"), "--epochs", "1", "--batch-size", "8", "--distill-epochs", "1",
-               "--distill-batch-size", "8", "--no-progress"])
+               "--distill-batch-size", "8", "--amp", "on", "--channels-last", "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "shot_distill (source-free)" in text and str(tmp_path / "run4" / "distill") in text

@@ -14,6 +14,10 @@ thresholds t_c = min(median confidence of pixels predicted c, 0.9) (`classwise_t
     multiply any foreground over-prediction of the pseudo labels; `st_class_weights=True` applies them).
 p comes from the current model, or the mean softmax of `teachers` (checkpoints, e.g. FDA models
 trained with beta 0.01, 0.05, 0.09: the paper's multi-band transfer ensemble, FDA-MBT).
+`st_prior="source"` (or explicit class shares) caps each class's pseudo labels at its prior share of
+the target pixels (`classwise_thresholds(prior=...)`), the prior being the pixel shares of the source
+masks seen in training; not in the paper: on B5 the FDA-trained model labels photo texture as digits
+and the plain rule locked that in.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shiftkit.adapt.base import Phase, StepInfo
@@ -78,7 +83,7 @@ class FDASelfTraining(SegMethod):
     def __init__(self, beta: float = 0.01, lambda_ent: float = 0.005, eta: float = 2.0, ent_start: float = 1 / 3,
                  self_training: bool = True, st_start: float = 0.5, lambda_st: float = 1.0, st_quantile: float = 0.5,
                  st_cap: float = 0.9, teachers: Sequence[Any] | None = None, st_class_weights: bool = False,
-                 multi_level: bool = True,
+                 st_prior: str | Sequence[float] | None = None, multi_level: bool = True,
                  lambda_seg_aux: float = 0.1, ignore_index: int = IGNORE_INDEX, class_weights=None):
         super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level, ignore_index=ignore_index,
                          class_weights=class_weights)
@@ -97,6 +102,14 @@ class FDASelfTraining(SegMethod):
         self.lambda_st = _check_weight("lambda_st", lambda_st)
         self.st_quantile, self.st_cap = float(st_quantile), float(st_cap)
         self.st_class_weights = bool(st_class_weights)
+        if st_prior is not None and not isinstance(st_prior, str):
+            st_prior = [float(v) for v in st_prior]
+            if any(v < 0 for v in st_prior) or not sum(st_prior) > 0:
+                raise ShiftkitError(f"st_prior shares must be >= 0 with a positive sum, got {st_prior}")
+        elif st_prior not in (None, "source"):
+            raise ShiftkitError(f"st_prior must be 'source', class shares or None, got {st_prior!r}")
+        self.st_prior = st_prior
+        self.source_counts: torch.Tensor | None = None  # pixels per class of the source masks seen so far
         if isinstance(teachers, (str, bytes)):
             teachers = [t for t in str(teachers).split(",") if t]
         self.teachers = list(teachers or [])
@@ -128,7 +141,7 @@ class FDASelfTraining(SegMethod):
         progress = bool(getattr(getattr(engine, "cfg", None), "progress", False))
         conf, lab, idx = predict_stream(models, engine.streams["target"], device, bs, progress)
         c = int(getattr(engine, "num_classes", 0) or int(lab.max()) + 1)
-        thr = classwise_thresholds(conf, lab.long(), c, self.st_quantile, self.st_cap)
+        thr = classwise_thresholds(conf, lab.long(), c, self.st_quantile, self.st_cap, self.prior(c))
         keep = conf >= thr[lab.long()]
         lab = lab.clone()
         lab[~keep] = IGNORE_INDEX
@@ -143,6 +156,20 @@ class FDASelfTraining(SegMethod):
             run.log(stats)
         return stats
 
+    def prior(self, num_classes: int) -> torch.Tensor | None:
+        """The class prior of the pseudo labels: None, the given shares, or the source masks' pixel shares."""
+        if self.st_prior is None:
+            return None
+        if self.st_prior == "source":
+            if self.source_counts is None or not float(self.source_counts.sum()) > 0:
+                raise ShiftkitError("st_prior='source' needs labelled source pixels before the pseudo labels",
+                                    None, "start self-training later (st_start > 0), or give the class shares")
+            counts = self.source_counts[:num_classes].double()
+            return counts / counts.sum()
+        if len(self.st_prior) != num_classes:
+            raise ShiftkitError(f"st_prior has {len(self.st_prior)} shares for {num_classes} classes")
+        return torch.tensor(self.st_prior, dtype=torch.float64)
+
     def on_epoch_start(self, engine: Any) -> None:
         if self._st_due(engine):
             self.make_pseudo_labels(engine)
@@ -153,6 +180,14 @@ class FDASelfTraining(SegMethod):
 
         xs, ys, xt = batch["source"]["x"], batch["source"]["y"], batch["target"]["x"]
         ns = xs.shape[0]
+        if self.st_prior == "source" and self.pseudo is None:
+            seen = ys[ys != self.ignore_index].flatten().long().cpu()
+            counts = torch.bincount(seen, minlength=int(seen.max()) + 1 if seen.numel() else 1).double()
+            if self.source_counts is None:
+                self.source_counts = counts
+            else:
+                n = max(len(counts), len(self.source_counts))
+                self.source_counts = F.pad(self.source_counts, (0, n - len(self.source_counts))) + F.pad(counts, (0, n - len(counts)))
         with torch.no_grad():
             tgt = xt if xt.shape[0] == ns else xt[torch.arange(ns, device=xt.device) % xt.shape[0]]
             xs_fda = fda(xs.float(), tgt.float(), self.beta)
@@ -175,11 +210,14 @@ class FDASelfTraining(SegMethod):
         return [Phase(losses, ("model",), logs)]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {} if self.source_counts is None else {"source_counts": self.source_counts}
         if self.pseudo is None:
-            return {}
-        return {"pseudo": self.pseudo, "thresholds": self.thresholds}
+            return state
+        return {**state, "pseudo": self.pseudo, "thresholds": self.thresholds}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "source_counts" in state:
+            self.source_counts = state["source_counts"].double().cpu()
         if "pseudo" in state:
             self.pseudo = state["pseudo"].to(torch.uint8).cpu()
             self.thresholds = state.get("thresholds")
@@ -188,7 +226,7 @@ class FDASelfTraining(SegMethod):
         return {**super().config(), "beta": self.beta, "lambda_ent": self.lambda_ent, "eta": self.eta,
                 "ent_start": self.ent_start, "self_training": self.self_training, "st_start": self.st_start,
                 "lambda_st": self.lambda_st, "st_quantile": self.st_quantile, "st_cap": self.st_cap,
-                "st_class_weights": self.st_class_weights,
+                "st_class_weights": self.st_class_weights, "st_prior": self.st_prior,
                 "teachers": [t if isinstance(t, str) else type(t).__name__ for t in self.teachers]}
 
 

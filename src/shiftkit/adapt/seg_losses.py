@@ -140,15 +140,26 @@ def class_ratios(mask: torch.Tensor, num_classes: int, ignore_index: int = IGNOR
 
 
 def classwise_thresholds(conf: torch.Tensor, labels: torch.Tensor, num_classes: int, quantile: float = 0.5,
-                         cap: float = 0.9) -> torch.Tensor:
+                         cap: float = 0.9, prior: torch.Tensor | None = None) -> torch.Tensor:
     """FDA's pseudo-label thresholds (getSudoLabel_multi.py): per class c, over pixels predicted c,
     t_c = min(sorted(conf)[round(n_c * quantile)], cap); t_c = 0 for a class never predicted.
     So each class keeps at least its most confident (1 - quantile) share, and everything above `cap`.
+
+    With a class `prior` pi (shares summing to 1, e.g. the source masks' pixel shares), class c keeps
+    at most floor(pi_c N) of the N pixels: where the rule above keeps more, t_c rises to the confidence
+    of c's floor(pi_c N)-th most confident pixel. A model that labels target texture as foreground
+    predicts a foreground class far above its prior; the FDA rule keeps a fixed share of whatever
+    is predicted and so locks that over-prediction into the pseudo labels, the prior caps it.
     """
     if conf.shape != labels.shape:
         raise ValueError(f"conf {tuple(conf.shape)} and labels {tuple(labels.shape)} differ")
     if not 0.0 <= quantile <= 1.0 or not 0.0 < cap <= 1.0:
         raise ValueError(f"need 0 <= quantile <= 1 and 0 < cap <= 1, got {quantile}, {cap}")
+    if prior is not None:
+        prior = torch.as_tensor(prior, dtype=torch.float64).flatten()
+        if prior.numel() != num_classes or bool((prior < 0).any()) or not float(prior.sum()) > 0:
+            raise ValueError(f"prior must be {num_classes} non-negative class shares, got {prior.tolist()}")
+        prior = prior / prior.sum()
     conf = conf.reshape(-1).float()
     labels = labels.reshape(-1).long()
     out = torch.zeros(num_classes, dtype=torch.float32, device=conf.device)
@@ -158,8 +169,12 @@ def classwise_thresholds(conf: torch.Tensor, labels: torch.Tensor, num_classes: 
             continue
         x, _ = torch.sort(x)
         k = min(int(round(x.numel() * quantile)), x.numel() - 1)
-        out[c] = x[k]
-    return out.clamp(max=cap)
+        out[c] = min(float(x[k]), cap)
+        if prior is not None:
+            allowed = int(float(prior[c]) * conf.numel())
+            if int((x >= out[c]).sum()) > allowed:  # more than its prior share: keep its `allowed` most confident
+                out[c] = float(x[-allowed]) if allowed > 0 else math.inf
+    return out
 
 
 def pseudo_labels(probs: torch.Tensor, thresholds: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
