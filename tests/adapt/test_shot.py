@@ -573,3 +573,40 @@ def test_distill_run_through_the_engine_learns_the_teachers_labels(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))  # the teacher never trains
     assert not all(torch.equal(a, b) for a, b in zip(head_before, student.head.parameters()))  # the whole student does
     assert json.loads((tmp_path / "d" / "config.json").read_text())["resolved"]["method"]["fraction"] == 0.5
+
+
+def test_distill_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
+    """The resumed run keeps the teacher's labels from its state (the teacher is not asked again)."""
+    from safetensors.torch import load_file
+
+    from shiftkit.adapt.sourcefree import SHOT_DEFAULTS, SourceFreeEngine
+    from shiftkit.train.engine import TrainConfig
+
+    target = _Digits(24, 1, False, 0.2)
+    torch.manual_seed(0)
+    teacher = build("svhn_net", input_size=8, num_classes=2)
+
+    def run(out, hooks=None, resume=False, labeller=teacher):
+        cfg = TrainConfig(source=None, target=target, out=str(out), method="shot_distill",
+                          **{**SHOT_DEFAULTS, "select": "last", "schedule": "cosine", "epochs": 2, "batch_size": 8,
+                             "seed": 0, "device": "cpu", "progress": False, "ckpt_every": 1, "resume": resume})
+        method = ShotDistill(labeller, fraction=0.5)
+        return SourceFreeEngine(cfg, model=fresh_copy(teacher, 1), method=method, hooks=hooks).run_training(), method
+
+    def kill_at(step):
+        def hook(engine, global_step):
+            if global_step == step:
+                raise KeyboardInterrupt("simulated kill")
+
+        return hook
+
+    _, method_a = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", hooks={"step_end": kill_at(4)})  # 3 steps per epoch: killed inside epoch 2
+    _, method_b = run(tmp_path / "b", resume=True, labeller=fresh_copy(teacher, 99))  # would label differently
+    assert torch.equal(method_a.pseudo_labels, method_b.pseudo_labels)
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
