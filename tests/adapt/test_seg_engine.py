@@ -24,6 +24,7 @@ FAST = dict(backbone="small_cnn", size=16, batch_size=8, progress=False, log_eve
     ("adaptseg", {"gan": "ls"}),
     ("minent", {"lambda_ent": 0.1, "crp": True}),
     ("fda-st", {"st_start": 0.5, "lambda_ent": 0.05}),
+    ("fda-st", {"st_start": 0.5, "st_prior": "source"}),
 ])
 def test_engine_runs_segmentation_methods(tmp_path, folders, method, options):
     r = fit(folders["source"], folders["target"], target_test=folders["target_test"], task="segmentation", method=method,
@@ -36,6 +37,8 @@ def test_engine_runs_segmentation_methods(tmp_path, folders, method, options):
         assert {"adv_main", "disc_main", "loss_phase0", "loss_phase1"} <= keys
     if method == "fda-st":
         assert "st" in keys and any(s.get("event") == "pseudo_labels" for s in steps)
+        config = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["method"]
+        assert config["st_prior"] == options.get("st_prior")
 
 
 def test_bad_mask_refused_before_evaluation(tmp_path, folders):
