@@ -170,7 +170,6 @@ def test_label_preservation_adabn_judge_ignores_a_global_brightness_change(tmp_p
     loses accuracy on A'; with its statistics re-estimated on each set (AdaBN) it keeps it (the first
     conv is followed by BatchNorm, which cancels a set-wide affine change up to borders and rounding).
     Labels are the judge's own predictions on A."""
-    import copy
 
     import numpy as np
 
