@@ -19,6 +19,7 @@ from shiftkit.adapt.shot import (
     cutout,
     fresh_copy,
     neighbour_vote,
+    pretrained_backbone_weights,
     random_affine,
     shot_loss,
 )
@@ -510,6 +511,30 @@ def test_fresh_copy_reinitialises_every_layer_from_its_seed():
     again, other = fresh_copy(model, seed=3), fresh_copy(model, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), other.state_dict().values()))
+
+
+def test_fresh_copy_of_a_pretrained_classifier_gets_its_pretrained_backbone_back(tmp_path):
+    from shiftkit.models import Classifier, create_backbone
+
+    torch.manual_seed(0)
+    weights = tmp_path / "small_cnn.pt"
+    torch.save(create_backbone("small_cnn").state_dict(), weights)  # stands in for ImageNet weights
+    teacher = Classifier(create_backbone("small_cnn", weights=weights), num_classes=3)
+    teacher.classes = ["a", "b", "c"]
+    pretrained = {k: v.clone() for k, v in teacher.backbone.state_dict().items()}
+    with torch.no_grad():  # the teacher then learns: every weight moves
+        for p in teacher.parameters():
+            p.add_(0.5)
+    assert pretrained_backbone_weights(teacher) == str(weights)
+    student = fresh_copy(teacher, seed=2)
+    assert student.classes == ["a", "b", "c"] and student.spec == teacher.spec
+    for k, v in student.backbone.state_dict().items():  # the backbone as pretrained, not as the teacher left it
+        assert torch.equal(v, pretrained[k]), k
+    t_head, s_head = dict(teacher.named_parameters()), dict(student.named_parameters())
+    assert all(not torch.equal(t_head[n], s_head[n]) for n in s_head if not n.startswith("backbone."))
+    again = fresh_copy(teacher, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), again.state_dict().values()))
+    assert pretrained_backbone_weights(build("svhn_net")) is None  # a ccexam network: plain re-initialisation
 
 
 class _FlatLogits(torch.nn.Module):

@@ -469,18 +469,36 @@ class ShotSelfTrain(Shot):
         self.labels_epoch = int(state["labels_epoch"]) if "labels_epoch" in state else -1
 
 
+def pretrained_backbone_weights(model: nn.Module) -> str | None:
+    """The pretrained weights (registry name or file) a shiftkit Classifier's backbone started from, per its spec."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, dict) and spec.get("arch") == "classifier":
+        return (spec.get("backbone") or {}).get("weights") or None
+    return None
+
+
 def fresh_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of `model` with every layer re-initialised (its own `reset_parameters`, BatchNorm
-    statistics included), drawn from `seed` without touching the global RNG: the same
-    architecture, input handling and class list, none of the learned weights."""
+    """A copy of `model` that has learned nothing from data: every layer re-initialised (its own
+    `reset_parameters`, BatchNorm statistics included), drawn from `seed` without touching the global
+    RNG, with the same architecture, input handling and class list. A classifier whose backbone
+    started from pretrained weights (ImageNet MobileNetV2, ...) gets that backbone back from those
+    weights and a new head: the student starts where the teacher started, before the source data."""
     import copy
 
-    fresh = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        for m in fresh.modules():
-            if m is not fresh and callable(getattr(m, "reset_parameters", None)):
-                m.reset_parameters()
+        weights = pretrained_backbone_weights(model)
+        if weights:
+            from shiftkit.models import build_model
+
+            fresh = build_model(model.spec, weights=weights)
+            if getattr(model, "classes", None):
+                fresh.classes = list(model.classes)
+        else:
+            fresh = copy.deepcopy(model)
+            for m in fresh.modules():
+                if m is not fresh and callable(getattr(m, "reset_parameters", None)):
+                    m.reset_parameters()
     return fresh.requires_grad_(True)
 
 
@@ -490,7 +508,8 @@ class ShotDistill(ShotSelfTrain):
 
     The frozen `teacher` (stage 2's choice) labels the target set once; per predicted class the
     `fraction` with the lowest entropy keep their label, the rest get -1. The student (the engine's
-    model, `fresh_copy(teacher)`) learns those labels on randomly affine-augmented views a(x)
+    model, `fresh_copy(teacher)`: re-initialised, a pretrained backbone back at its pretrained
+    weights) learns those labels on randomly affine-augmented views a(x)
     (rotation +-degrees, scale 1 +- scale, shift +-translate of the half size), label-smoothed by eps:
 
         L = CE_eps(z(a(x)), y)[y >= 0]
@@ -546,5 +565,5 @@ class ShotDistill(ShotSelfTrain):
         return [Phase({"distill": loss}, ("model",), {"labelled": float((y >= 0).float().mean())})]
 
 
-__all__ = ["Shot", "ShotDistill", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "cutout", "fresh_copy", "infer_with_input_of",
-           "neighbour_vote", "random_affine", "shot_loss"]
+__all__ = ["Shot", "ShotDistill", "ShotSelfTrain", "balanced_assignment", "centroid_pseudo_labels", "cutout", "fresh_copy",
+           "infer_with_input_of", "neighbour_vote", "pretrained_backbone_weights", "random_affine", "shot_loss"]

@@ -63,8 +63,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     a.add_argument("--selftrain-lr", type=float, default=0.01, help="shot: learning rate of the self-training stage")
     a.add_argument("--distill-epochs", type=int, default=0,
                    help="shot: then a distillation stage (OUT/distill) of this many epochs: the last stage's choice labels "
-                        "the target once and a freshly initialised copy of the architecture learns the most certain "
-                        "--distill-fraction of each class on augmented views (0 = none)")
+                        "the target once and a freshly initialised copy of the architecture (a pretrained backbone starts "
+                        "from its pretrained weights) learns the most certain --distill-fraction of each class on "
+                        "augmented views (0 = none)")
     a.add_argument("--distill-fraction", type=float, default=0.8, help="shot: share of each predicted class the student learns")
     a.add_argument("--distill-lr", type=float, default=0.05, help="shot: learning rate of the distillation stage (SGD, cosine)")
     a.add_argument("--distill-batch-size", type=int, default=128, help="shot: batch size of the distillation stage")
