@@ -15,8 +15,8 @@ initialised SVHNNet learns its most certain share per class (shiftkit.adapt.shot
 
     python benchmarks/svhn2mnist_sourcefree.py --seeds 0 1 2 --jobs 1 --threads 1 --monitor 2000
 
-Both stages run under bfloat16 autocast on a CPU (`--amp on`, weights float32) and channels-last:
-about 25 min per seed on one core of an AMX processor (`--amp off` for float32, about 3x slower).
+All stages run under bfloat16 autocast on a CPU (`--amp on`, weights float32) and channels-last:
+about 32 min per seed on one core of an AMX processor (stage 3: about 7) (`--amp off` for float32, about 3x slower).
 """
 
 from __future__ import annotations
