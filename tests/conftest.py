@@ -15,6 +15,37 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+
+@pytest.fixture
+def kill_at():
+    """Factory of engine `step_end` hooks that raise KeyboardInterrupt at one global step, as a kill would."""
+
+    def make(step):
+        def hook(engine, global_step):
+            if global_step == step:
+                raise KeyboardInterrupt("simulated kill")
+
+        return hook
+
+    return make
+
+
+@pytest.fixture
+def same_last_weights():
+    """Check that two run folders end with the same weights (last.safetensors, key by key); returns the keys."""
+
+    def check(run_a, run_b, atol=1e-6):
+        import torch
+        from safetensors.torch import load_file
+
+        wa, wb = (load_file(str(r / "checkpoints" / "last.safetensors")) for r in (run_a, run_b))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.allclose(wa[k].float(), wb[k].float(), atol=atol), k
+        return set(wa)
+
+    return check
+
 def _seg_folder(root, n, seed, shift=0.0):
     """A tiny segmentation set: a bright 7x7 square (class 1) on noise, one ignored pixel (255)."""
     import numpy as np

@@ -17,14 +17,6 @@ from shiftkit.adapt.cut import (
 from shiftkit.errors import ShiftkitError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # far faster than 2 on a busy 2-core machine
-    yield
-    torch.set_num_threads(old)
-
-
 def _hand_nce(q, k, tau):
     """Loop over images and patches: -log(exp(q_i.k_i / tau) / sum_j exp(q_i.k_j / tau))."""
     total, count = 0.0, 0

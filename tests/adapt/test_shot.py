@@ -414,10 +414,8 @@ def test_selftrain_relabels_every_epoch_with_a_growing_share(tmp_path):
     assert int(method.state_dict()["labels_epoch"]) == 1
 
 
-def test_selftrain_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
+def test_selftrain_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path, kill_at, same_last_weights):
     """The resumed epoch keeps the labels it started with (not relabelled by the half-trained model)."""
-    from safetensors.torch import load_file
-
     from shiftkit.adapt.sourcefree import SHOT_DEFAULTS, SourceFreeEngine
     from shiftkit.train.engine import TrainConfig
 
@@ -432,23 +430,12 @@ def test_selftrain_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
         method = ShotSelfTrain(confident_fraction=0.25, final_fraction=1.0)
         return SourceFreeEngine(cfg, model=model, method=method, hooks=hooks).run_training(), method
 
-    def kill_at(step):
-        def hook(engine, global_step):
-            if global_step == step:
-                raise KeyboardInterrupt("simulated kill")
-
-        return hook
-
     _, method_a = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", hooks={"step_end": kill_at(4)})  # 3 steps per epoch: killed inside epoch 2
     _, method_b = run(tmp_path / "b", resume=True)
     assert torch.equal(method_a.pseudo_labels, method_b.pseudo_labels) and method_b.labels_epoch == 1
-    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+    same_last_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_neighbour_vote_against_hand_computation():
@@ -600,10 +587,8 @@ def test_distill_run_through_the_engine_learns_the_teachers_labels(tmp_path):
     assert json.loads((tmp_path / "d" / "config.json").read_text())["resolved"]["method"]["fraction"] == 0.5
 
 
-def test_distill_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
+def test_distill_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path, kill_at, same_last_weights):
     """The resumed run keeps the teacher's labels from its state (the teacher is not asked again)."""
-    from safetensors.torch import load_file
-
     from shiftkit.adapt.sourcefree import SHOT_DEFAULTS, SourceFreeEngine
     from shiftkit.train.engine import TrainConfig
 
@@ -618,20 +603,9 @@ def test_distill_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
         method = ShotDistill(labeller, fraction=0.5)
         return SourceFreeEngine(cfg, model=fresh_copy(teacher, 1), method=method, hooks=hooks).run_training(), method
 
-    def kill_at(step):
-        def hook(engine, global_step):
-            if global_step == step:
-                raise KeyboardInterrupt("simulated kill")
-
-        return hook
-
     _, method_a = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", hooks={"step_end": kill_at(4)})  # 3 steps per epoch: killed inside epoch 2
     _, method_b = run(tmp_path / "b", resume=True, labeller=fresh_copy(teacher, 99))  # would label differently
     assert torch.equal(method_a.pseudo_labels, method_b.pseudo_labels)
-    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+    same_last_weights(tmp_path / "a", tmp_path / "b")

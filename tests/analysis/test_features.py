@@ -13,18 +13,7 @@ def _samples(n, lo, hi, seed):
     return [Sample(rng.integers(lo, hi, (20, 20, 3), dtype=np.uint8), path=f"{seed}_{i}.png") for i in range(n)]
 
 
-@pytest.fixture
-def one_thread():
-    # a busy 2-core machine: torch's thread pool makes a tiny network 10x slower
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def test_backbone_hook_with_untrained_model(one_thread):
+def test_backbone_hook_with_untrained_model():
     # random weights (no download): checks the plumbing, not ImageNet features
     model = models.create_backbone("mobilenet_v2", width_mult=0.25)
     a, b = _samples(10, 0, 256, 0), _samples(10, 200, 256, 1)

@@ -6,14 +6,6 @@ from shiftkit.models.translator import PatchDiscriminator, PatchSampleMLP, Resne
 from shiftkit.transfer.learned import edge_alignment
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_generator_keeps_size_and_range():
     torch.manual_seed(0)
     g = ResnetGenerator(3, 3, ngf=4, n_blocks=2)

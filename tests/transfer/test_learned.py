@@ -9,14 +9,6 @@ import torch
 from shiftkit.errors import ShiftkitError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def translator(tmp_path_factory):
     """A translator trained for 2 steps on tiny gray -> RGB sets (weights barely move; enough for the plumbing)."""

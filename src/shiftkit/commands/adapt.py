@@ -173,16 +173,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  stage {k} {st['status']:9s} {figs}")
         print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
         return 0
+    from shiftkit.commands.train import print_run
+
     for stage in (r, r.get("selftrain"), r.get("distill")):
-        if stage is None:
-            continue
-        sel = stage["selected"]
-        print(f"{stage['method']} (source-free): selected epoch "
-              f"{None if stage['selected_epoch'] is None else stage['selected_epoch'] + 1} by {stage['select']} ({stage['wall_s']:.1f} s)")
-        for k in ("target_test_accuracy", "target_test_balanced_accuracy", "select_im"):
-            if k in sel:
-                print(f"  {k:32s} {sel[k]:.4f}")
-        if stage["skipped_images"]:
-            print(f"  skipped {len(stage['skipped_images'])} unreadable image(s), listed in {stage['out']}/metrics.json")
-        print(f"run folder: {stage['out']}  (model: {stage['checkpoint']})")
+        if stage is not None:
+            print_run(stage, f"{stage['method']} (source-free)")
     return 0

@@ -130,8 +130,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "history"}, indent=2))
         return 0
+    print_run(r, f"method {r['method']}")
+    return 0
+
+
+def print_run(r: dict, title: str) -> None:
+    """The human summary of one engine run (train, or one source-free stage): chosen epoch, figures, folder."""
     sel = r["selected"]
-    print(f"method {r['method']}: selected epoch {None if r['selected_epoch'] is None else r['selected_epoch'] + 1} "
+    print(f"{title}: selected epoch {None if r['selected_epoch'] is None else r['selected_epoch'] + 1} "
           f"by {r['select']} ({r['wall_s']:.1f} s)")
     for k in ("target_test_accuracy", "target_test_balanced_accuracy", "target_test_miou", "source_val_accuracy",
               "source_val_miou", "select_im", "select_snd"):
@@ -140,4 +146,3 @@ def run(args: argparse.Namespace) -> int:
     if r["skipped_images"]:
         print(f"  skipped {len(r['skipped_images'])} unreadable image(s), listed in {r['out']}/metrics.json")
     print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
-    return 0
