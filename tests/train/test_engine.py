@@ -48,6 +48,11 @@ def test_resume_after_kill_matches_uninterrupted(tiny, tmp_path, fast, kill_at, 
             assert hb[k] == pytest.approx(ha[k], rel=1e-5, abs=1e-6), k
     keys = same_last_weights(tmp_path / "a", tmp_path / "b", atol=1e-5)
     assert any(k.startswith("discriminator.") for k in keys)
+    # wall_s is the resumed invocation's; epochs_s counts both epochs, the one run before the kill included
+    epochs = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    epochs = [e for e in epochs if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert b["epochs_s"] == pytest.approx(sum(e["train_s"] + e["eval_s"] for e in epochs), abs=2e-3)
 
 
 def test_resume_refuses_changed_settings_and_existing_run(tiny, tmp_path, fast):

@@ -138,7 +138,7 @@ def print_run(r: dict, title: str) -> None:
     """The human summary of one engine run (train, or one source-free stage): chosen epoch, figures, folder."""
     sel = r["selected"]
     print(f"{title}: selected epoch {None if r['selected_epoch'] is None else r['selected_epoch'] + 1} "
-          f"by {r['select']} ({r['wall_s']:.1f} s)")
+          f"by {r['select']} ({r['wall_s']:.1f} s{_earlier(r)})")
     for k in ("target_test_accuracy", "target_test_balanced_accuracy", "target_test_miou", "source_val_accuracy",
               "source_val_miou", "select_im", "select_snd"):
         if k in sel:
@@ -146,3 +146,9 @@ def print_run(r: dict, title: str) -> None:
     if r["skipped_images"]:
         print(f"  skipped {len(r['skipped_images'])} unreadable image(s), listed in {r['out']}/metrics.json")
     print(f"run folder: {r['out']}  (model: {r['checkpoint']})")
+
+
+def _earlier(r: dict) -> str:
+    """For a resumed or reused run, whose wall_s is this invocation's: the time of all its epochs."""
+    total = r.get("epochs_s")
+    return f"; its epochs {total:.1f} s in all" if total is not None and total > r["wall_s"] else ""

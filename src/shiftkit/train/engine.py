@@ -869,7 +869,8 @@ class Engine:
             "history": [{"epoch": r["epoch"], **{k: v for k, v in _summary(r).items() if not k.startswith("train")},
                          "train_loss": r.get("train", {}).get("loss")} for r in self.history],
             "skipped_images": sorted(self.bad_images),
-            "wall_s": round(wall, 3),
+            "wall_s": round(wall, 3),  # this invocation only: a resumed run's earlier epochs are in epochs_s
+            "epochs_s": round(sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) for r in self.history), 3),
         }
         for k, v in _summary(chosen).items():
             if k.startswith(("target_test_", "source_val_", "select_")):
