@@ -144,6 +144,12 @@ def scored(args: argparse.Namespace, out: Path, m: dict, wall: float, test, moni
     }
 
 
+def say(seed: int, label: str, rec: dict, select: str) -> None:
+    """One progress line per finished stage (stderr): the chosen epoch's and the last epoch's test accuracy."""
+    print(f"seed {seed}: {label} {rec['accuracy']:.4f} ({select} choice: epoch {rec['selected_epoch']}; "
+          f"last {rec['last']:.4f}) train {rec['wall_s']:.0f}s", file=sys.stderr, flush=True)
+
+
 def stage_row(method: str, records: list[dict], monitor: int, **settings: dict) -> dict:
     """A result row from the per-seed records of one stage (`scored`)."""
     return {
@@ -183,8 +189,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         method_options={"beta": args.beta, "balanced_labels": args.balanced_labels}, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, resume=resume, **common))
     r = {"seed": seed, "target_size": n, **scored(args, out, m, wall, test, monitor, device)}
-    print(f"seed {seed}: shot {r['accuracy']:.4f} (label-free choice: epoch {r['selected_epoch']}; last {r['last']:.4f}) "
-          f"train {wall:.0f}s", file=sys.stderr, flush=True)
+    say(seed, "shot", r, m["select"])
     teacher = out
     if args.selftrain_epochs:  # stage 2 (SHOT++-style): from the label-free choice of stage 1, same target images
         o2 = out / "selftrain"
@@ -192,8 +197,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
             load_model(out / "checkpoints" / "best.safetensors"), target, method=ShotSelfTrain(**stage2_options(args)),
             out=o2, epochs=args.selftrain_epochs, batch_size=args.batch_size, lr=args.selftrain_lr, resume=resume, **common))
         st = r["selftrain"] = scored(args, o2, m2, wall2, test, monitor, device)
-        print(f"seed {seed}: shot+selftrain {st['accuracy']:.4f} (label-free choice: epoch {st['selected_epoch']}; "
-              f"last {st['last']:.4f}) train {wall2:.0f}s", file=sys.stderr, flush=True)
+        say(seed, "shot+selftrain", st, m2["select"])
         teacher = o2
     if args.distill_epochs:  # stage 3: a fresh SVHNNet learns the last stage's most certain labels
         o3 = out / "distill"
@@ -206,8 +210,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
 
         m3, wall3 = stage(args, o3, "distill", distill)
         st = r["distill"] = scored(args, o3, m3, wall3, test, monitor, device)
-        print(f"seed {seed}: +distill {st['accuracy']:.4f} (label-free choice: epoch {st['selected_epoch']}; "
-              f"last {st['last']:.4f}) train {wall3:.0f}s", file=sys.stderr, flush=True)
+        say(seed, "+distill", st, m3["select"])
     return r
 
 
