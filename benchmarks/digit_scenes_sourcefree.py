@@ -168,10 +168,12 @@ def run_seed(seed: int, a: argparse.Namespace, data: dict, reference: dict[int, 
         net, _, _ = ckpt.load_model(Path(s["out"]) / "checkpoints" / "best.safetensors")
         with Timer() as te:
             met = evaluate_models([net], data["target-test"], classes)
-        stages[k] = {"metrics": met, "wall_s": s.get("wall_s"), "score_s": round(te.wall, 2), "status": s.get("status"),
+        # a stage resumed after a kill: wall_s is its last invocation, epochs_s all its epochs
+        stage_s = max(float(s.get("wall_s") or 0.0), float(s.get("epochs_s") or 0.0))
+        stages[k] = {"metrics": met, "wall_s": stage_s, "score_s": round(te.wall, 2), "status": s.get("status"),
                      "selected_epoch": s.get("selected_epoch"), "select_im": s.get("selected", {}).get("select_im"),
                      "target_train_unlabelled": target_train_stats(net, data["target"]["x"], data["source"]["y"], len(classes))}
-        print(f"seed {seed} {ROWS[k]}: miou {met['miou']:.4f} (stage wall {s.get('wall_s')} s, epoch {s.get('selected_epoch')})",
+        print(f"seed {seed} {ROWS[k]}: miou {met['miou']:.4f} (stage {stage_s:.0f} s, epoch {s.get('selected_epoch')})",
               file=sys.stderr, flush=True)
     return {"seed": seed, "start": start, "adabn_only": adabn_only, "stages": stages, "wall_s": t.wall, "cpu_s": t.cpu,
             "config": r.get("config")}

@@ -123,15 +123,16 @@ def last_model(out: Path) -> torch.nn.Module:
 
 def stage(args: argparse.Namespace, out: Path, label: str, train) -> tuple[dict, float]:
     """Run one stage into `out` (train(resume) -> engine metrics), or with --resume reuse it when it
-    finished (its metrics.json); returns the metrics and the stage's wall time."""
+    finished (its metrics.json); returns the metrics and the stage's time. The engine's wall_s covers
+    one invocation only, so a stage resumed after a kill also counts its earlier epochs (epochs_s)."""
     done = out / "metrics.json"
     if args.resume and done.is_file():
         m = json.loads(done.read_text())
         print(f"{out}: {label} finished earlier, reused", file=sys.stderr, flush=True)
-        return m, float(m["wall_s"])
+        return m, max(float(m["wall_s"]), float(m.get("epochs_s", 0.0)))
     t = time.time()
     m = train(args.resume)
-    return m, time.time() - t
+    return m, max(time.time() - t, float(m.get("epochs_s", 0.0)))
 
 
 def scored(args: argparse.Namespace, out: Path, m: dict, wall: float, test, monitor, device) -> dict:

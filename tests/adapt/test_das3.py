@@ -499,6 +499,9 @@ def test_rerun_reuses_finished_stages_and_resumes_an_interrupted_one(das3_run):
     assert [r["stages"][k]["status"] for k in "123"] == ["reused", "reused", "resumed"]
     assert (out / "stage3" / "metrics.json").is_file()
     assert r["target_test_miou"] == pytest.approx(das3_run.r["target_test_miou"])
+    # the resumed stage's time counts its epoch from before the "kill" (epochs_s), not only this invocation
+    before = das3_run.r["stages"]["3"]["epochs_s"]
+    assert before > 0 and r["stages"]["3"]["epochs_s"] == pytest.approx(before, abs=1e-3)
     # a stage is only reused after the same earlier stages; stale later stages are refused up front
     with pytest.raises(ShiftkitError, match=r"started from stages \[1\], not \[\]"):
         adapt(das3_run.model, das3_run.target, method="das3", method_options={"stages": "2,3"}, out=out, resume=True, **FAST)

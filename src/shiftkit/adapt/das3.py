@@ -817,7 +817,7 @@ class Das3:
             skipped.update(r.get("skipped_images", []))
             summary[str(k)] = {"status": status, "method": r.get("method"), "out": str(d), "checkpoint": r.get("checkpoint"),
                                "selected_epoch": r.get("selected_epoch"), "selected": r.get("selected", {}),
-                               "wall_s": r.get("wall_s")}
+                               "wall_s": r.get("wall_s"), "epochs_s": r.get("epochs_s")}
             last = r
         assert last is not None  # parse_stages keeps at least one stage
         result = {
