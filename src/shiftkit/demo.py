@@ -8,7 +8,7 @@ Steps (one that fails is reported in plain words and the others still run):
   3. measure per-property drift between mono and poly cells, and how well a simple classifier
      tells them apart (0.5 = indistinguishable);
   4. transfer a few mono cells to poly style (FDA and histogram matching), save a before/after
-     grid, and measure how much histogram matching closes the most drifted property;
+     grid, and measure how much histogram matching closes the most drifted photometric property;
   5. translate: a brief CUT translator (learned unpaired translation, 400 bfloat16 steps at 96 px,
      about a minute) paints poly texture onto the grid's mono cells; its grid and the edge
      alignment of each cell with its translation (1 = the same geometry) are saved;
@@ -77,6 +77,7 @@ class Demo:
 
     def drift(self) -> None:
         from shiftkit.analysis import compute_properties, gap_score, property_drift
+        from shiftkit.analysis.properties import PHOTOMETRIC_PROPERTIES
         from shiftkit.data import open_dataset
 
         kw = dict(progress=self.progress, device=self.device, features=True)
@@ -94,7 +95,8 @@ class Demo:
             "properties": [{k: r[k] for k in ("property", "ks", "overlap", "median_a", "median_b")} for r in rows],
             "gap": {k: {"accuracy": v["accuracy"], "accuracy_std": v["accuracy_std"]} for k, v in gap.items()},
         }
-        self._top_property = top[0]["property"] if top else None
+        # the transfer step shows the most drifted property a photometric transfer can move
+        self._top_property = next((r["property"] for r in rows if r["ks"] > 0 and r["property"] in PHOTOMETRIC_PROPERTIES), None)
 
     def transfer(self) -> None:
         from shiftkit.data import open_dataset
@@ -159,11 +161,11 @@ class Demo:
     def _transfer_effect(self, src, tgt, methods: dict, dev) -> None:
         """Per-property KS, mono vs poly, before and after each transfer (each mono cell styled by a random poly cell).
 
-        Reported: the most drifted property and the mean KS over the pixel properties, so a method
+        Reported: the most drifted property and the mean KS over the photometric properties, so a method
         that fixes one statistic while breaking others does not look better than it is.
         """
         from shiftkit.analysis import compute_properties, ks_2samp
-        from shiftkit.analysis.properties import PIXEL_PROPERTIES
+        from shiftkit.analysis.properties import PHOTOMETRIC_PROPERTIES
         from shiftkit.data.sample import Sample
 
         rng = np.random.default_rng(self.seed + 1)
@@ -182,7 +184,7 @@ class Demo:
                 y = method(xs, xt)
                 styled[name] += [Sample(_u8(y[j]), s.target, s.path) for j, s in enumerate(s_batch)]
         # gray cells: saturation/colourfulness are 0 everywhere and say nothing
-        props = [p for p in PIXEL_PROPERTIES if np.isfinite(t_tab[p]).all() and np.ptp(t_tab[p]) > 0]
+        props = [p for p in PHOTOMETRIC_PROPERTIES if np.isfinite(t_tab[p]).all() and np.ptp(t_tab[p]) > 0]
         top = getattr(self, "_top_property", None) or props[0]
         effect = {}
         for name, samples in styled.items():
@@ -192,7 +194,7 @@ class Demo:
         words = ", ".join(f"{n} {e['ks'][top]:.2f}" for n, e in effect.items())
         self.say(f"    {top} drift (KS) on {k} mono vs {k} poly cells: {words}")
         words = ", ".join(f"{n} {e['mean_ks']:.2f}" for n, e in effect.items())
-        self.say(f"    mean KS over {len(props)} pixel properties: {words}")
+        self.say(f"    mean KS over {len(props)} photometric properties: {words}")
         self.metrics["transfer"]["effect"] = {"property": top, "n": k, "pairing": "each mono cell with a random poly cell",
                                               "methods": effect}
 

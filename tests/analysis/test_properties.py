@@ -77,20 +77,34 @@ def test_against_numpy_reference():
     _, counts = np.unique(q, return_counts=True)
     p = counts / counts.sum()
     assert props["entropy"].item() == pytest.approx(-(p * np.log2(p)).sum())
+    gx, gy = np.abs(np.diff(y, axis=1)).mean(), np.abs(np.diff(y, axis=0)).mean()
+    assert props["orientation"].item() == pytest.approx(math.log((gx + 1e-6) / (gy + 1e-6)))
+
+
+def test_orientation_quarter_turn_and_flip():
+    x = torch.rand(3, 3, 9, 12)
+    o = P.orientation(x)
+    assert torch.allclose(P.orientation(x.rot90(1, (2, 3))), -o, atol=1e-5)
+    assert torch.allclose(P.orientation(x.flip(3)), o, atol=1e-5) and torch.allclose(P.orientation(x.flip(2)), o, atol=1e-5)
+    stripes = torch.zeros(1, 1, 8, 8)
+    stripes[..., ::2] = 1.0  # columns alternate: every step across x changes, none down y
+    assert P.orientation(stripes).item() > 10 and P.orientation(stripes.transpose(2, 3)).item() < -10
+    with pytest.raises(ValueError, match="at least 2x2"):
+        P.orientation(torch.rand(1, 1, 1, 8))
 
 
 def test_constant_images():
     x = torch.full((2, 3, 8, 8), 0.25)
     props = P.image_properties(x)
     assert torch.allclose(props["brightness"], torch.tensor(0.25))
-    for k in ("contrast", "sharpness", "noise", "entropy", "saturation", "colourfulness"):
+    for k in ("contrast", "sharpness", "noise", "entropy", "saturation", "colourfulness", "orientation"):
         assert torch.allclose(props[k], torch.zeros(2), atol=1e-6), k
 
 
 def test_gray_equals_replicated_rgb():
     g = torch.rand(3, 1, 10, 12)
     pg, prgb = P.image_properties(g), P.image_properties(g.expand(-1, 3, -1, -1).contiguous())
-    for k in ("brightness", "contrast", "sharpness", "noise", "entropy"):
+    for k in ("brightness", "contrast", "sharpness", "noise", "entropy", "orientation"):
         assert torch.allclose(pg[k], prgb[k], atol=1e-5), k
     assert (pg["saturation"] == 0).all() and (pg["colourfulness"] == 0).all()
     assert torch.allclose(prgb["saturation"], torch.zeros(3), atol=1e-6)
@@ -125,7 +139,7 @@ def test_sharpness_drops_with_blur():
 
 def test_gradients():
     x = torch.rand(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
-    for f in (P.brightness, P.contrast, P.sharpness, P.colourfulness, P.noise, P.saturation):
+    for f in (P.brightness, P.contrast, P.sharpness, P.colourfulness, P.noise, P.saturation, P.orientation):
         assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-4), f.__name__
 
 

@@ -95,6 +95,34 @@ def test_analyze_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["analyze", "--predictions", str(tmp_path / "nope.csv"), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r2")]) == 2
 
 
+@pytest.mark.parametrize("striped", [False, True])
+def test_analyze_cli_checks_rot90_from_the_property_table(tmp_path, monkeypatch, striped):
+    """rot90 is judged on the table's orientation column (one decoding pass): kept for isotropic
+    noise, dropped when every image has horizontal stripes."""
+    import shiftkit.analysis.symmetry as S
+
+    monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(S, "orientation_log_ratio", None)  # a second, per-image pass would fail here
+    rng = np.random.default_rng(2)
+    rows = []
+    for cls, n in (("functional", 40), ("defective", 20)):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(n):
+            img = rng.normal(128, 40, (16, 16))
+            if striped:
+                img[::2] += 80
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(tmp_path / "d" / cls / f"{i}.png")
+            rows.append([f"{cls}/{i}.png", cls, cls if i % 3 else "functional"])
+    with open(tmp_path / "preds.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "predicted"], *rows])
+    assert main(["analyze", "--predictions", str(tmp_path / "preds.csv"), "--data", str(tmp_path / "d"),
+                 "--out", str(tmp_path / "run"), "--symmetries", "hflip,rot90", "--json"]) == 0
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    ops = {o["op"] for o in plan["ops"]}
+    assert ("rot90" in ops) is not striped
+    assert any(("dropped" if striped else "rot90 kept") in line for line in plan["reasoning"])
+
+
 def test_plan_square_root_balance_and_symmetry_check():
     preds, table = _dark_failure_case()
     sens = sensitivity(preds, table, bins=5)

@@ -5,6 +5,7 @@ from shiftkit.analysis.symmetry import (
     check_symmetries,
     ks_statistic,
     orientation_log_ratio,
+    sign_flip_p_value,
 )
 
 
@@ -52,6 +53,25 @@ def test_rot90_kept_when_orientations_are_balanced():
     ratios = np.array([orientation_log_ratio(im) for im in imgs])
     kept, why = check_symmetries(("hflip", "rot90"), ratios)
     assert kept == ("hflip", "rot90") and "kept" in why[0]
+
+
+def test_rot90_kept_when_a_large_ks_is_chance():
+    """60 draws from a symmetric distribution: KS(a, -a) = 0.33 passes the 0.2 size bar, but the
+    sign-flip test sees it is what isotropic sets of 60 often show."""
+    a = np.random.default_rng(49).normal(0, 1, 60)
+    assert ks_statistic(a, -a) > 0.3
+    kept, why = check_symmetries(("hflip", "rot90"), a)
+    assert kept == ("hflip", "rot90") and "sign-flip p" in why[0] and "kept" in why[0]
+
+
+def test_sign_flip_p_value_by_hand():
+    # all 8 positive: KS(a, -a) = 1, which a flip reaches only with all signs equal (2 / 2^8),
+    # so p is about (1 + 199 * 2 / 256) / 200 = 0.013
+    a = np.arange(1.0, 9.0)
+    p = sign_flip_p_value(a, ks_statistic(a, -a), flips=199, seed=0)
+    assert p < 0.05
+    assert sign_flip_p_value(a, 0.0, flips=9) == 1.0  # every flip reaches KS >= 0
+    assert sign_flip_p_value(a, 0.5, seed=3) == sign_flip_p_value(a, 0.5, seed=3)  # deterministic
 
 
 def test_no_check_without_ratios_or_without_rot90():

@@ -34,13 +34,15 @@ from shiftkit.data.sample import Boxes, Sample
 from shiftkit.errors import DatasetError, ImageError, ShiftkitError
 from shiftkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
-PIXEL_PROPERTIES = ("brightness", "contrast", "sharpness", "saturation", "colourfulness", "noise", "entropy")
+PHOTOMETRIC_PROPERTIES = ("brightness", "contrast", "sharpness", "saturation", "colourfulness", "noise", "entropy")
+# orientation: the one geometric pixel property; photometric transfers cannot move it
+PIXEL_PROPERTIES = PHOTOMETRIC_PROPERTIES + ("orientation",)
 SIZE_PROPERTIES = ("width", "height", "aspect_ratio")
 TARGET_PROPERTIES = ("object_area",)
 PROPERTIES = PIXEL_PROPERTIES + SIZE_PROPERTIES + TARGET_PROPERTIES
 
 # Bump when a formula or the working-resolution pipeline changes: old cache files are ignored.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 _BT601 = (0.299, 0.587, 0.114)
 
 
@@ -108,6 +110,18 @@ def sharpness(x: torch.Tensor) -> torch.Tensor:
     """
     _check(x, 3)
     return _laplacian(luminance(x)).var(dim=(1, 2, 3), correction=0)
+
+
+def orientation(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Orientation log ratio ``log((mean|dY/dx| + eps) / (mean|dY/dy| + eps))`` of luminance, from
+    forward differences. > 0 when structure runs vertically (stripes across x), < 0 when it runs
+    horizontally; a quarter turn negates it and flips keep it, which is how `analysis.symmetry`
+    tells whether rot90 is a symmetry of the data. It is also a drift property (turned cameras)."""
+    _check(x, 2)
+    y = luminance(x)
+    gx = (y[..., :, 1:] - y[..., :, :-1]).abs().mean(dim=(1, 2, 3))
+    gy = (y[..., 1:, :] - y[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+    return torch.log((gx + eps) / (gy + eps))
 
 
 def saturation(x: torch.Tensor) -> torch.Tensor:
@@ -187,6 +201,7 @@ def image_properties(x: torch.Tensor) -> dict[str, torch.Tensor]:
         "colourfulness": colourfulness(x),
         "noise": noise(y),
         "entropy": entropy(y),
+        "orientation": orientation(y),
     }
 
 

@@ -62,8 +62,8 @@ def recommend_plan(
     `analysis.drift.property_drift(source, target)` add ops that move the source toward the target.
     `balance`: "full" (minority classes grow to the largest) or "sqrt" (to the geometric mean of
     their count and the largest). `orientation`: the training images' orientation log ratios
-    (`analysis.symmetry.orientation_log_ratio`); when given, rot90 is kept only if the data has no
-    preferred orientation."""
+    (the property table's `orientation` column); when given, rot90 is kept only if the data has no
+    preferred orientation (`analysis.symmetry.check_symmetries`)."""
     if balance not in BALANCE_RULES:
         raise ValueError(f"unknown balance rule {balance!r}; use {', '.join(BALANCE_RULES)}")
     for sym in symmetries:

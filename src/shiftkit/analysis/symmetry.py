@@ -5,10 +5,13 @@ same way round: a turned cell is a valid image of a defect, yet one no camera in
 produces, so a plan that turns only the minority class's new images teaches the model "turned
 means defective". The check here is cheap and uses the training images only: per image, the
 log ratio of horizontal to vertical gradient energy, a = log(E|d/dx| / E|d/dy|). A quarter turn
-maps a to -a; when the distribution of a and that of -a differ (two-sample KS statistic at or
-above a threshold, the same 0.2 the drift report uses), rot90 moves images off the data's
-distribution and is dropped from the plan, with the figures in its reasoning. Flips keep a, so
-this test cannot judge them; they are kept as declared.
+maps a to -a; when the distribution of a and that of -a differ, rot90 moves images off the data's
+distribution and is dropped from the plan, with the figures in its reasoning. "Differ" means
+both large (two-sample KS statistic at or above the 0.2 the drift report uses) and not chance: a
+small set of isotropic images often shows KS(a, -a) above 0.2 (about one set in ten at 60 images),
+so the KS must also beat a sign-flip test (if a is symmetric about 0, flipping the signs of random
+entries leaves its distribution unchanged; p < 0.01 over 199 flips). Flips keep a, so this test
+cannot judge them; they are kept as declared.
 """
 
 from __future__ import annotations
@@ -19,25 +22,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shiftkit.analysis.properties import orientation
+
 KS_THRESHOLD = 0.2
+ALPHA = 0.01
 WORK_SIZE = 128
 
 
 def orientation_log_ratio(image: np.ndarray, work_size: int = WORK_SIZE) -> float:
-    """log((mean |horizontal gradient| + eps) / (mean |vertical gradient| + eps)) of one uint8 image
-    (H x W or H x W x C), on its luminance resized (area) so that the longer side is <= work_size."""
+    """`properties.orientation` of one uint8 image (H x W or H x W x C), resized (area) so that the
+    longer side is <= work_size. `compute_properties` gives the same column for a whole dataset."""
     a = np.asarray(image)
-    if a.ndim == 3:
-        a = a.mean(2) if a.shape[2] > 1 else a[:, :, 0]
-    y = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)[None, None]
-    h, w = y.shape[-2:]
+    if a.ndim == 2:
+        a = a[:, :, None]
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    h, w = x.shape[-2:]
     scale = min(1.0, work_size / max(h, w))
     if scale < 1.0:
-        y = F.interpolate(y, size=(max(2, round(h * scale)), max(2, round(w * scale))), mode="area")
-    gx = (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
-    gy = (y[..., 1:, :] - y[..., :-1, :]).abs().mean()
-    eps = 1e-6
-    return float(torch.log((gx + eps) / (gy + eps)))
+        x = F.interpolate(x, size=(max(2, round(h * scale)), max(2, round(w * scale))), mode="area")
+    return float(orientation(x)[0])
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,10 +54,23 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(fa - fb)))
 
 
+def sign_flip_p_value(a: np.ndarray, ks: float, flips: int = 199, seed: int = 0) -> float:
+    """P(KS(b, -b) >= ks) when a is symmetric about 0, estimated with b = a with random signs:
+    (1 + flips reaching ks) / (1 + flips). Deterministic for a given seed."""
+    rng = np.random.default_rng(seed)
+    a = np.asarray(a, float)
+    hits = 0
+    for _ in range(flips):
+        b = a * rng.choice((-1.0, 1.0), a.size)
+        hits += ks_statistic(b, -b) >= ks - 1e-12
+    return (hits + 1) / (flips + 1)
+
+
 def check_symmetries(symmetries: Iterable[str], log_ratios: np.ndarray | None,
-                     ks_threshold: float = KS_THRESHOLD) -> tuple[tuple[str, ...], list[str]]:
-    """(kept symmetries, reasoning lines). rot90 is dropped when KS(a, -a) >= ks_threshold, where a
-    are the training images' orientation log ratios; without ratios every symmetry is kept."""
+                     ks_threshold: float = KS_THRESHOLD, alpha: float = ALPHA) -> tuple[tuple[str, ...], list[str]]:
+    """(kept symmetries, reasoning lines). rot90 is dropped when KS(a, -a) >= ks_threshold and the
+    sign-flip p-value is below alpha, where a are the training images' orientation log ratios;
+    without ratios every symmetry is kept."""
     syms = tuple(symmetries)
     if log_ratios is None or "rot90" not in syms:
         return syms, []
@@ -66,8 +82,13 @@ def check_symmetries(symmetries: Iterable[str], log_ratios: np.ndarray | None,
     med = float(np.median(a))
     what = (f"rot90: orientation log ratio log(E|d/dx| / E|d/dy|) of the {a.size} training images has median "
             f"{med:+.3f}; a quarter turn negates it, KS(a, -a) = {ks:.2f}")
-    if ks >= ks_threshold:
-        why = (f"{what} >= {ks_threshold}: turned images lie off the data's distribution (a turn would become a "
-               f"class cue when only some classes get it), so rot90 is dropped from the plan")
-        return tuple(s for s in syms if s != "rot90"), [why]
-    return syms, [f"{what} < {ks_threshold}: the data has no preferred orientation, rot90 kept"]
+    if ks < ks_threshold:
+        return syms, [f"{what} < {ks_threshold}: the data has no preferred orientation, rot90 kept"]
+    p = sign_flip_p_value(a, ks)
+    if p >= alpha:
+        return syms, [(f"{what} >= {ks_threshold} but sign-flip p = {p:.3f} >= {alpha}: as likely from isotropic "
+                       f"images of this number, so rot90 kept")]
+    why = (f"{what} >= {ks_threshold}, sign-flip p = {p:.3f} < {alpha}: turned images lie off the data's "
+           f"distribution (a turn would become a class cue when only some classes get it), so rot90 is dropped "
+           f"from the plan")
+    return tuple(s for s in syms if s != "rot90"), [why]

@@ -63,16 +63,9 @@ def run(args) -> int:
         target_table = compute_properties(open_dataset(args.target, task="unlabeled"), workers=args.workers, device=args.device)
         drift_rows = property_drift(table, target_table)
     symmetries = tuple(s.strip() for s in args.symmetries.split(",") if s.strip())
-    orientation = None
-    if "rot90" in symmetries:  # is a quarter turn a symmetry of the data, not only of the labels?
-        import numpy as np
-
-        from shiftkit.analysis.symmetry import orientation_log_ratio
-
-        orientation = np.array([orientation_log_ratio(s.image) for s in ds.iter_samples(on_error="skip")])
-    try:
+    try:  # is a quarter turn a symmetry of the data, not only of the labels? (the table's orientation column)
         plan = recommend_plan(sens, table, symmetries, target_table, drift_rows, balance=args.balance,
-                              orientation=orientation)
+                              orientation=table["orientation"] if "rot90" in symmetries else None)
     except ValueError as exc:
         raise ShiftkitError(str(exc), None, "--symmetries takes hflip, vflip, rot90") from None
     figures = out / "figures"
