@@ -49,7 +49,7 @@ from shiftkit.train.seg_metrics import SegMeter  # noqa: E402
 NAME = "digit-scenes"
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT.parent / "runs" / "cache"
-METHODS = ["source-only", "adaptseg", "adaptseg-single", "minent", "advent", "fda-st", "oracle"]
+METHODS = ["source-only", "adaptseg", "adaptseg-single", "minent", "advent", "fda-st", "dacs", "oracle"]
 
 # Per-method settings: the papers' loss weights were set for DeepLab-v2 on 1024x512 frames with SGD at
 # lr 2.5e-4 and 100k+ steps; here a from-scratch U-Net runs a few thousand Adam steps, so the adaptation
@@ -73,12 +73,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "minent": {"lambda_ent": 0.1, "lambda_ent_aux": 0.02},
     "advent": {"lambda_adv_main": 0.01, "lambda_adv_aux": 0.002, "disc_ndf": 32},
     "fda-st": {"beta": 0.09, "lambda_ent": 0.05, "eta": 2.0, "st_start": 0.5, "lambda_st": 1.0, "st_prior": "source"},
+    "dacs": {},  # the paper's settings: EMA 0.99, confidence 0.968, mixed loss weight 1
 }
 PAPER = {
     "adaptseg": "lambda_adv main 0.001, aux 0.0002, lambda_seg_aux 0.1, D Adam 1e-4 (0.9, 0.99)",
     "minent": "lambda_ent 0.001 (aux 0.0002)",
     "advent": "lambda_adv main 0.001, aux 0.0002",
     "fda-st": "beta 0.01..0.09, lambda_ent 0.005, eta 2.0, class-wise thresholds min(median, 0.9)",
+    "dacs": "EMA teacher alpha 0.99, pseudo-label confidence 0.968, ClassMix of half the source classes, colour jitter + blur",
 }
 
 

@@ -20,11 +20,9 @@ from shiftkit.adapt.das3 import (
     bn_adapt_target,
     bn_affine_parameters,
     category_thresholds,
-    class_mix,
     complementary_cross_entropy,
     focal_entropy_loss,
     image_entropy,
-    mix_classes,
     negative_pseudo_labels,
     parse_stages,
     photometric_transform,
@@ -174,21 +172,6 @@ def test_image_entropy_and_easy_hard_split():
     assert split_easy_hard(torch.tensor([0.3, 0.3, 0.3]), 0.3).tolist() == [True, False, False]  # ties: earlier
 
 
-def test_class_mix_by_hand():
-    xa, xb = torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 0.0)
-    ya, yb = torch.tensor([[0, 1], [2, 255]]), torch.tensor([[5, 5], [5, 5]])
-    x, y = class_mix(xa, ya, xb, yb, torch.tensor([1, 2]))
-    assert y.tolist() == [[5, 1], [2, 5]]
-    assert x[0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
-    # half the present classes (ceil), ignore never drawn; nothing present -> nothing pasted
-    g = torch.Generator().manual_seed(0)
-    drawn = mix_classes(ya, g)
-    assert len(drawn) == 2 and set(drawn.tolist()) <= {0, 1, 2}
-    empty = mix_classes(torch.full((2, 2), 255), g)
-    assert empty.numel() == 0
-    assert torch.equal(class_mix(xa, ya, xb, yb, empty)[0], xb)
-
-
 def test_loss_bad_arguments():
     with pytest.raises(ValueError, match="alpha"):
         focal_entropy_loss(_two_pixels(), alpha=1.5)
@@ -204,8 +187,6 @@ def test_loss_bad_arguments():
         complementary_cross_entropy(_two_pixels(), torch.zeros(1, 3, 1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="easy_share"):
         split_easy_hard(torch.tensor([0.1, 0.2]), 1.0)
-    with pytest.raises(ValueError, match="agree"):
-        class_mix(torch.zeros(1, 2, 2), torch.zeros(2, 2), torch.zeros(1, 3, 3), torch.zeros(3, 3), torch.tensor([0]))
 
 
 # --- the stage Methods ----------------------------------------------------------------------------

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftkit.adapt.base import Method, Phase, StepInfo
+from shiftkit.adapt.dacs import class_mix, mix_classes
 from shiftkit.adapt.seg_base import _check_weight, levels, seg_model
 from shiftkit.adapt.seg_losses import IGNORE_INDEX, seg_cross_entropy
 from shiftkit.errors import ShiftkitError
@@ -227,29 +228,6 @@ def split_easy_hard(scores: torch.Tensor, easy_share: float = 0.3) -> torch.Tens
     easy = torch.zeros(n, dtype=torch.bool)
     easy[order[:k]] = True
     return easy
-
-
-def mix_classes(labels: torch.Tensor, generator: torch.Generator | None = None,
-                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """ClassMix's class draw: ceil(n / 2) of the n classes present in `labels` (ignore_index excluded)."""
-    present = torch.unique(labels[labels != ignore_index].cpu())
-    n = present.numel()
-    if n == 0:
-        return present
-    pick = torch.randperm(n, generator=generator)[: (n + 1) // 2]
-    return present[pick].to(labels.device)
-
-
-def class_mix(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torch.Tensor,
-              classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ClassMix (Olsson et al. 2021): paste image a's pixels of `classes` onto image b.
-    M = [y_a in classes]; x = M x_a + (1 - M) x_b; y = M y_a + (1 - M) y_b. x (C, H, W) or (N, C, H, W),
-    y (H, W) or (N, H, W)."""
-    if x_a.shape != x_b.shape or y_a.shape != y_b.shape or x_a.shape[-2:] != y_a.shape[-2:]:
-        raise ValueError(f"images {tuple(x_a.shape)}, {tuple(x_b.shape)} and masks {tuple(y_a.shape)}, "
-                         f"{tuple(y_b.shape)} must agree")
-    m = torch.isin(y_a, torch.as_tensor(classes, dtype=y_a.dtype, device=y_a.device))
-    return torch.where(m.unsqueeze(-3), x_a, x_b), torch.where(m, y_a, y_b)
 
 
 def photometric_transform(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, perm: torch.Tensor,

@@ -22,7 +22,7 @@ from shiftkit.adapt.base import Method, Phase, StepInfo
 from shiftkit.adapt.seg_losses import IGNORE_INDEX, seg_cross_entropy
 from shiftkit.errors import ShiftkitError
 
-SEG_METHODS = ("source-only", "oracle", "adaptseg", "adaptseg-single", "minent", "advent", "fda-st")
+SEG_METHODS = ("source-only", "oracle", "adaptseg", "adaptseg-single", "minent", "advent", "fda-st", "dacs")
 
 
 def seg_model(net: nn.Module) -> nn.Module:
@@ -109,7 +109,7 @@ class SegSourceOnly(SegMethod):
 
 
 def build_seg_method(name: str, **options: Any) -> Method:
-    """Segmentation method by name: source-only, oracle, adaptseg, adaptseg-single, minent, advent, fda-st.
+    """Segmentation method by name: source-only, oracle, adaptseg, adaptseg-single, minent, advent, fda-st, dacs.
 
     options are the method's keyword arguments (e.g. gan="ls", lambda_adv_main=0.001, beta=0.01).
     """
@@ -131,6 +131,10 @@ def build_seg_method(name: str, **options: Any) -> Method:
             from shiftkit.adapt.advent import AdvEnt
 
             return AdvEnt(**options)
+        if key == "dacs":
+            from shiftkit.adapt.dacs import DACS
+
+            return DACS(**options)
         if key in ("fda-st", "fda"):
             from shiftkit.adapt.fda_st import FDASelfTraining
 

@@ -36,10 +36,13 @@ def _check_mask(mask: torch.Tensor, logits: torch.Tensor) -> None:
 
 
 def seg_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                      weight: torch.Tensor | None = None) -> torch.Tensor:
+                      weight: torch.Tensor | None = None, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-wise cross-entropy over labelled pixels: L = -(1/|V|) sum_{p in V} log softmax(z_p)_{y_p},
     V = {p : y_p != ignore_index}. Logits of another size are bilinearly resized to the mask first
     (DeepLab practice). A batch with no labelled pixel gives 0 (not NaN), connected to the graph.
+    With class weights w: L = sum_V w_{y_p} ce_p / sum_V w_{y_p} (torch's weighted mean). Pixel weights
+    q (N, H, W) scale each pixel's term without entering the normaliser (DACS's confidence weight):
+    L = sum_V q_p w_{y_p} ce_p / sum_V w_{y_p}, so q = 1 everywhere gives the unweighted loss.
     """
     _check_maps(logits)
     if mask.dim() == 3 and logits.shape[-2:] != mask.shape[-2:]:
@@ -53,7 +56,13 @@ def seg_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index: in
     if bool(bad.any()):
         raise ValueError(f"mask holds ids {sorted(set(mask[bad].tolist()))[:5]} outside [0, {logits.shape[1]}) "
                          f"that are not the ignore index {ignore_index}")
-    return F.cross_entropy(logits.float(), mask, weight=weight, ignore_index=ignore_index)
+    if pixel_weight is None:
+        return F.cross_entropy(logits.float(), mask, weight=weight, ignore_index=ignore_index)
+    if pixel_weight.shape != mask.shape:
+        raise ValueError(f"pixel_weight {tuple(pixel_weight.shape)} must match the mask {tuple(mask.shape)}")
+    ce = F.cross_entropy(logits.float(), mask, weight=weight, ignore_index=ignore_index, reduction="none")
+    w_y = torch.ones_like(ce) if weight is None else weight.to(ce)[mask.clamp(0, logits.shape[1] - 1)]
+    return (pixel_weight.to(ce) * ce).sum() / (w_y * valid).sum()
 
 
 def self_information(probs: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ HELP = "train a classifier on a labeled source, optionally adapting to an unlabe
 
 def configure(p: argparse.ArgumentParser) -> None:
     from shiftkit.adapt.registry import METHODS
+    from shiftkit.adapt.seg_base import SEG_METHODS
 
     p.epilog = epilog(
         "shiftkit train --source data/mnist2digits/source --backbone small_cnn --epochs 5 --out runs/mnist",
@@ -46,7 +47,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="freeze the whole backbone and train on cached features (seconds per epoch on CPU)")
     a = p.add_argument_group("method")
     a.add_argument("--method", default="source-only",
-                   help=f"one of {', '.join(METHODS)}; parts dann|cdan|cdan+e|mcc|im|self-training join with '+'")
+                   help=f"classification: one of {', '.join(METHODS)}; parts dann|cdan|cdan+e|mcc|im|self-training "
+                        f"join with '+'. Segmentation (--task segmentation): one of {', '.join(SEG_METHODS)}")
     a.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, e.g. mcc_temperature=2.5, dann_weight=1, st_tau=0.9, disc_hidden=256")
     o = p.add_argument_group("optimisation")
