@@ -11,8 +11,8 @@ row 2000 Adam steps (lr 2e-3, poly decay) of 16 source (+ 16 target) images, pix
 steps of 32 images at lr 5e-3 even the oracle had not left "all background" (mIoU = background IoU / 11).
 
 Rows: source-only, adaptseg (multi-level), adaptseg-single, minent, advent, advent-ensemble (mean
-probabilities of the minent and advent models of the same seed), fda-st, oracle (target-train
-labels). Metric: mIoU over the 11 classes on target-test, after the last step (no selection on
+probabilities of the minent and advent models of the same seed), fda-st, dacs (ClassMix onto target
+images labelled by an EMA teacher, the paper's settings), oracle (target-train labels). Metric: mIoU over the 11 classes on target-test, after the last step (no selection on
 test labels). Every method runs the same steps, batch, optimiser and schedule; each is a
 `shiftkit.adapt` Method driven phase by phase exactly as the engine drives it (zero grads, backward
 the phase's summed losses, step the phase's parameter groups).
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             ens.extra.setdefault("per_seed", []).append({"seed": s, "metrics": met})
         rows["advent-ensemble"] = ens
     figures = save_figures(a.methods, a.seeds[0], data, a.base, out / "figures")
-    order = [m for m in ["source-only", "adaptseg-single", "adaptseg", "minent", "advent", "advent-ensemble", "fda-st", "oracle"]
+    order = [m for m in ["source-only", "adaptseg-single", "adaptseg", "minent", "advent", "advent-ensemble", "fda-st", "dacs", "oracle"]
              if m in rows]
     row_list = [rows[m] for m in order]
     import statistics

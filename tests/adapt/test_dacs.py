@@ -96,6 +96,28 @@ def test_one_step_trains_the_student_and_the_teacher_follows_by_ema():
     for t, t0, s1 in zip(m.teacher.parameters(), teacher0, after1):
         assert torch.allclose(t, 0.5 * t0 + 0.5 * s1, atol=1e-6)
 
+@pytest.mark.parametrize("mix_class_weights", [False, True])
+def test_mixed_loss_is_unweighted_by_class_unless_asked(mix_class_weights):
+    from shiftkit.adapt.base import StepInfo
+    from shiftkit.adapt.seg_base import levels
+
+    w = torch.tensor([0.5, 2.0, 1.0])
+    model, m, _, _ = _setup("dacs", class_weights=w.tolist(), mix_class_weights=mix_class_weights, jitter_p=0.0,
+                            blur_p=0.0)
+    seen, mix = {}, m.mix
+    m.mix = lambda *a: seen.setdefault("out", mix(*a))
+    model.eval()  # BatchNorm on running statistics: the mixed logits do not depend on the source half of the batch
+    losses = m.phases(model, _batch(), StepInfo(0, 0, 4))[0].resolve()
+    xm, ym, wm = seen["out"]
+    with torch.no_grad():
+        z = levels(model, xm)[0]
+    plain = seg_cross_entropy(z, ym, pixel_weight=wm).item()
+    weighted = seg_cross_entropy(z, ym, weight=w, pixel_weight=wm).item()
+    assert plain != pytest.approx(weighted, rel=1e-3)
+    assert losses["mix"].item() == pytest.approx(weighted if mix_class_weights else plain, rel=1e-4)
+    assert m.config()["mix_class_weights"] is mix_class_weights
+
+
 def test_teacher_survives_a_state_round_trip():
     model, m, opts, _ = _setup("dacs")
     _run_step(m, model, opts, _batch(), step=0)

@@ -9,6 +9,9 @@ target backgrounds around objects whose labels are known, and the teacher's labe
     M_i  = [y_s,i in C_i],  C_i = ceil(n_i / 2) of the n_i classes in y_s,i, drawn at random
     x_m  = aug(M x_s + (1 - M) x_t),  y_m = M y_s + (1 - M) y^_t,  weight_m = M + (1 - M) q
     L    = L_seg(G(x_s), y_s) + lambda_mix L_seg(G(x_m), y_m; weight_m)   (both multi-level, aux x 0.1)
+`class_weights` enter the source term only, unless `mix_class_weights`: as in the paper the mixed term
+has none, since weights meant for labelled masks would multiply the teacher's foreground over-prediction
+(the pitfall `fda_st` documents; on B5, with them, DACS labelled 20% of target-train pixels as digits, true 6%).
     after each step: theta' <- a theta' + (1 - a) theta,  a = min(1 - 1 / (t + 1), alpha),  alpha 0.99
 aug, one draw per batch as in the paper's code: colour jitter (strength 0.2 on brightness, contrast,
 saturation and hue) with probability 0.2, Gaussian blur (sigma ~ U(0.15, 1.15), kernel about a tenth
@@ -68,12 +71,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
 
 class DACS(SegMethod):
     """See the module doc. Options: alpha (EMA, 0.99), tau (confidence, 0.968), lambda_mix (1),
-    jitter (colour-jitter strength, 0.2), jitter_p (0.2), blur_p (0.5)."""
+    jitter (colour-jitter strength, 0.2), jitter_p (0.2), blur_p (0.5), mix_class_weights (False)."""
 
     name = "dacs"
 
     def __init__(self, alpha: float = 0.99, tau: float = 0.968, lambda_mix: float = 1.0, jitter: float = 0.2,
-                 jitter_p: float = 0.2, blur_p: float = 0.5, multi_level: bool = True, lambda_seg_aux: float = 0.1,
+                 jitter_p: float = 0.2, blur_p: float = 0.5, mix_class_weights: bool = False,
+                 multi_level: bool = True, lambda_seg_aux: float = 0.1,
                  ignore_index: int = IGNORE_INDEX, class_weights=None):
         super().__init__(lambda_seg_aux=lambda_seg_aux, multi_level=multi_level, ignore_index=ignore_index,
                          class_weights=class_weights)
@@ -86,6 +90,7 @@ class DACS(SegMethod):
         self.alpha, self.tau = float(alpha), float(tau)
         self.jitter, self.jitter_p, self.blur_p = float(jitter), float(jitter_p), float(blur_p)
         self.lambda_mix = _check_weight("lambda_mix", lambda_mix)
+        self.mix_class_weights = bool(mix_class_weights)
         self.teacher: nn.Module | None = None
         self._teacher_state: dict[str, torch.Tensor] | None = None  # from a checkpoint, until the teacher exists
 
@@ -148,7 +153,7 @@ class DACS(SegMethod):
         outs = levels(net, torch.cat([xs, xm]), self.multi_level)
         losses = self.supervised([o[:ns] for o in outs], ys)
         if self.lambda_mix > 0:
-            w = self._weight(outs[0])
+            w = self._weight(outs[0]) if self.mix_class_weights else None
             mixed = [o[ns:] for o in outs]
             losses["mix"] = self.lambda_mix * seg_cross_entropy(mixed[0], ym, self.ignore_index, w, wm)
             if len(mixed) > 1 and self.lambda_seg_aux > 0:
@@ -172,7 +177,8 @@ class DACS(SegMethod):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha, "tau": self.tau, "lambda_mix": self.lambda_mix,
-                "jitter": self.jitter, "jitter_p": self.jitter_p, "blur_p": self.blur_p}
+                "jitter": self.jitter, "jitter_p": self.jitter_p, "blur_p": self.blur_p,
+                "mix_class_weights": self.mix_class_weights}
 
 
 def register() -> None:
