@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from shiftkit.adapt.augmented import (
-    Augmented, adabn, compose, degrade_digits, digit_boxes, dihedral, jitter, predict_probs, random_affine, scale_crop,
+    Augmented, adabn, compose, degrade_digits, digit_boxes, dihedral, flips, jitter, predict_probs, random_affine,
+    scale_crop,
 )
 from shiftkit.adapt.base import Method, Phase, StepInfo
 
@@ -19,6 +20,22 @@ def test_dihedral_is_a_square_symmetry_per_image():
         assert ok
     # different images get different symmetries (16 images, 8 choices)
     assert sum(torch.equal(y[i], x[i]) for i in range(16)) < 16
+
+
+def test_flips_keep_the_axes_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 4, 6)  # no square needed: nothing turns
+    y = flips(x)
+    assert y.shape == x.shape
+    seen = set()
+    for i in range(16):
+        options = {"none": x[i], "h": x[i].flip(-1), "v": x[i].flip(-2), "hv": x[i].flip(-1).flip(-2)}
+        match = [k for k, o in options.items() if torch.equal(y[i], o)]
+        assert match, i
+        seen.add(match[0])
+    assert len(seen) > 1  # images draw their own flips
+    with pytest.raises(ValueError):
+        flips(torch.rand(4, 5))
 
 
 def test_dihedral_bad_arguments():

@@ -7,6 +7,9 @@ from torch's global RNG (which the engine seeds and checkpoints, so resume repla
 
 - `dihedral`: x -> rot90(x, k_i) then optional horizontal flip, k_i ~ U{0..3}: the 8 symmetries
   of a square; label-preserving for solar cells, not for digits.
+- `flips`: x -> optional horizontal flip, then optional vertical flip (p = 0.5 each): the 4 symmetries that
+  keep the image's axes (no quarter turn), for data with a fixed orientation (ELPV busbars; see
+  `analysis.symmetry`).
 - `scale_crop`: zoom in by s_i ~ U[min_scale, 1] around a random centre (affine resample):
   x'(u) = x(s u + t), |t| <= 1 - s (normalised coordinates), reflection padding.
 - `jitter`: x' = clamp((x - mean_i) * c_i + mean_i + b_i, 0, 1), c_i ~ U[1-c, 1+c], b_i ~ U[-b, b].
@@ -55,6 +58,19 @@ def dihedral(x: torch.Tensor) -> torch.Tensor:
     f = flip.nonzero().flatten().tolist()
     if f:
         out[f] = out[f].flip(3)
+    return out
+
+
+def flips(x: torch.Tensor) -> torch.Tensor:
+    """Per image, a horizontal flip and a vertical flip, each with p = 0.5 (identity, h, v or a half turn)."""
+    _check_images(x)
+    n = x.shape[0]
+    h, v = torch.rand(n) < 0.5, torch.rand(n) < 0.5
+    out = x.clone()
+    for sel, dim in ((h, 3), (v, 2)):
+        idx = sel.nonzero().flatten().tolist()
+        if idx:
+            out[idx] = out[idx].flip(dim)
     return out
 
 
