@@ -19,13 +19,13 @@ target-train; uses target labels and says so). Target-test labels only score.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+from elpv_defect import cell_aug  # noqa: E402  (B1's cell recipe: symmetries + zoom + jitter)
 
 BENCH = "elpv-mono2poly"
 METHODS = ["source-only", "dann", "cdan+e", "mcc", "self-training", "mcc+self-training", "oracle"]
@@ -36,12 +36,6 @@ ANCHORS = {
     "frozen_target_oracle": "0.755 balanced / 0.837 accuracy, trained on labeled target-train (BENCHMARKS.md)",
 }
 GOAL = {"metric": "balanced_accuracy", "at_least": 0.85, "without_target_labels": True}
-
-
-def cell_aug():
-    from shiftkit.adapt.augmented import compose, dihedral, jitter, scale_crop
-
-    return compose(dihedral, functools.partial(scale_crop, min_scale=0.85), functools.partial(jitter, contrast=0.2, brightness=0.1))
 
 
 def images(path: Path, size: int, labeled: bool):
@@ -101,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--st-tau", type=float, default=0.9)
     ap.add_argument("--im-weight", type=float, default=1.0)
     ap.add_argument("--tta", default="flips", choices=["none", "hflip", "flips"])
+    ap.add_argument("--symmetries", default="dihedral", choices=["flips", "dihedral"],
+                    help="source augmentation's symmetries: dihedral (all 8; the committed table's recipe) or flips "
+                         "(what `analyze` advises for ELPV, whose busbars all run one way)")
     C.add_run_args(ap, "elpv-mono2poly", "runs/bench/elpv-mono2poly")
     a = ap.parse_args(argv)
 
@@ -125,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             inner = build_method("source-only" if oracle else name, label_smoothing=a.label_smoothing,
                                  class_weights=balanced_weights(src), **({} if name in ("source-only", "oracle") else options))
-            method = Augmented(inner, cell_aug(), None, "dihedral + zoom + jitter")
+            method = Augmented(inner, cell_aug(0.85, 0.2, 0.1, a.symmetries), None, f"{a.symmetries} + zoom + jitter")
             method.name = name
             uses_target = name not in ("source-only", "oracle")
             res, wall, cpu = C.fit_once(
