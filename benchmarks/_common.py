@@ -64,6 +64,13 @@ class Timer:
         self.cpu = time.process_time() - self.c0
 
 
+def run_seconds(metrics: dict[str, Any], invocation_s: float | None = None) -> float:
+    """A training run's time across kills: the engine's wall_s (or the caller's `invocation_s`) covers the
+    last invocation only, its epochs_s every epoch, those run before a kill and resume included."""
+    wall = metrics.get("wall_s") if invocation_s is None else invocation_s
+    return max(float(wall or 0.0), float(metrics.get("epochs_s") or 0.0))
+
+
 def median_block(values: list[float]) -> dict[str, Any]:
     vals = [float(v) for v in values]
     return {"median": statistics.median(vals) if vals else None, "values": vals,

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, Row, Timer, dump, prepare_data, result, table, write_result
+from _common import DATA, Row, Timer, dump, prepare_data, result, run_seconds, table, write_result
 from digit_scenes import (
     NAME,
     evaluate_models,
@@ -168,8 +168,7 @@ def run_seed(seed: int, a: argparse.Namespace, data: dict, reference: dict[int, 
         net, _, _ = ckpt.load_model(Path(s["out"]) / "checkpoints" / "best.safetensors")
         with Timer() as te:
             met = evaluate_models([net], data["target-test"], classes)
-        # a stage resumed after a kill: wall_s is its last invocation, epochs_s all its epochs
-        stage_s = max(float(s.get("wall_s") or 0.0), float(s.get("epochs_s") or 0.0))
+        stage_s = run_seconds(s)  # a stage resumed after a kill counts its earlier epochs too
         stages[k] = {"metrics": met, "wall_s": stage_s, "score_s": round(te.wall, 2), "status": s.get("status"),
                      "selected_epoch": s.get("selected_epoch"), "select_im": s.get("selected", {}).get("select_im"),
                      "target_train_unlabelled": target_train_stats(net, data["target"]["x"], data["source"]["y"], len(classes))}

@@ -45,6 +45,9 @@ from shiftkit.io import atomic_write_json
 from shiftkit.models.ccexam import load_model, load_pretrained, to_unit
 from shiftkit.train.checkpoint import read_weights
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_seconds  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 RESULT = ROOT / "results" / "svhn2mnist_sourcefree.json"
 HOW_CHOSEN = ("the defaults (SHOT lr 0.05 / beta 0.3 with balanced labels; the stage-2 recipe) were picked from single-seed "
@@ -123,16 +126,16 @@ def last_model(out: Path) -> torch.nn.Module:
 
 def stage(args: argparse.Namespace, out: Path, label: str, train) -> tuple[dict, float]:
     """Run one stage into `out` (train(resume) -> engine metrics), or with --resume reuse it when it
-    finished (its metrics.json); returns the metrics and the stage's time. The engine's wall_s covers
-    one invocation only, so a stage resumed after a kill also counts its earlier epochs (epochs_s)."""
+    finished (its metrics.json); returns the metrics and the stage's time (`run_seconds`: a stage resumed
+    after a kill also counts its earlier epochs)."""
     done = out / "metrics.json"
     if args.resume and done.is_file():
         m = json.loads(done.read_text())
         print(f"{out}: {label} finished earlier, reused", file=sys.stderr, flush=True)
-        return m, max(float(m["wall_s"]), float(m.get("epochs_s", 0.0)))
+        return m, run_seconds(m)
     t = time.time()
     m = train(args.resume)
-    return m, max(time.time() - t, float(m.get("epochs_s", 0.0)))
+    return m, run_seconds(m, time.time() - t)
 
 
 def scored(args: argparse.Namespace, out: Path, m: dict, wall: float, test, monitor, device) -> dict:
