@@ -99,10 +99,12 @@ def test_analyze_cli_end_to_end(tmp_path, monkeypatch, capsys):
 def test_analyze_cli_checks_rot90_from_the_property_table(tmp_path, monkeypatch, striped):
     """rot90 is judged on the table's orientation column (one decoding pass): kept for isotropic
     noise, dropped when every image has horizontal stripes."""
-    import shiftkit.analysis.symmetry as S
+    import shiftkit.data.formats.dataset as D
 
     monkeypatch.setenv("SHIFTKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(S, "orientation_log_ratio", None)  # a second, per-image pass would fail here
+    decoded = []
+    read = D.read_image
+    monkeypatch.setattr(D, "read_image", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
     rng = np.random.default_rng(2)
     rows = []
     for cls, n in (("functional", 40), ("defective", 20)):
@@ -119,6 +121,7 @@ def test_analyze_cli_checks_rot90_from_the_property_table(tmp_path, monkeypatch,
                  "--out", str(tmp_path / "run"), "--symmetries", "hflip,rot90", "--json"]) == 0
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     ops = {o["op"] for o in plan["ops"]}
+    assert len(decoded) == 60  # each image once: the check adds no second pass
     assert ("rot90" in ops) is not striped
     assert any(("dropped" if striped else "rot90 kept") in line for line in plan["reasoning"])
 

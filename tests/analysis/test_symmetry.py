@@ -1,12 +1,14 @@
 import numpy as np
 import pytest
+import torch
 
+from shiftkit.analysis.properties import compute_properties, orientation
 from shiftkit.analysis.symmetry import (
     check_symmetries,
     ks_statistic,
-    orientation_log_ratio,
     sign_flip_p_value,
 )
+from shiftkit.data.sample import Sample
 
 
 def _stripes(vertical: bool, seed: int = 0, size: int = 64) -> np.ndarray:
@@ -17,20 +19,27 @@ def _stripes(vertical: bool, seed: int = 0, size: int = 64) -> np.ndarray:
     return np.clip(img + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
 
 
+def orientation_log_ratio(image: np.ndarray) -> float:
+    """`properties.orientation` of one uint8 image at its own size."""
+    x = torch.from_numpy(np.atleast_3d(image).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    return float(orientation(x)[0])
+
+
 def test_orientation_log_ratio_sign_and_quarter_turn():
     a = orientation_log_ratio(_stripes(True))
     assert a > 1.0  # vertical bars: horizontal gradients dominate
     assert orientation_log_ratio(np.rot90(_stripes(True)).copy()) == pytest.approx(-a, abs=1e-6)
     assert orientation_log_ratio(_stripes(False)) < -1.0
-    # flips keep it; colour images use their mean channel
+    # flips keep it; colour images use their luminance
     assert orientation_log_ratio(_stripes(True)[:, ::-1].copy()) == pytest.approx(a, abs=1e-6)
     rgb = np.repeat(_stripes(True)[:, :, None], 3, 2)
     assert orientation_log_ratio(rgb) == pytest.approx(a, abs=1e-5)
 
 
 def test_orientation_log_ratio_downsizes_large_images():
-    big = np.kron(_stripes(True, size=64), np.ones((8, 8), dtype=np.uint8))  # 512 x 512
-    assert orientation_log_ratio(big) > 0.5
+    big = np.kron(_stripes(True, size=64), np.ones((8, 8), dtype=np.uint8))  # 512 x 512, at the working size 128
+    table = compute_properties([Sample(big[:, :, None], 0, "big.png")], progress=False)
+    assert table["orientation"][0] > 0.5
 
 
 def test_ks_statistic():

@@ -4,7 +4,8 @@ A quarter turn keeps a solar cell's label, but ELPV cells are all imaged with th
 same way round: a turned cell is a valid image of a defect, yet one no camera in the data set
 produces, so a plan that turns only the minority class's new images teaches the model "turned
 means defective". The check here is cheap and uses the training images only: per image, the
-log ratio of horizontal to vertical gradient energy, a = log(E|d/dx| / E|d/dy|). A quarter turn
+log ratio of horizontal to vertical gradient energy, a = log(E|d/dx| / E|d/dy|) (`properties.orientation`,
+a column of the property table, so it costs no extra pass over the images). A quarter turn
 maps a to -a; when the distribution of a and that of -a differ, rot90 moves images off the data's
 distribution and is dropped from the plan, with the figures in its reasoning. "Differ" means
 both large (two-sample KS statistic at or above the 0.2 the drift report uses) and not chance: a
@@ -19,28 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from shiftkit.analysis.properties import orientation
 
 KS_THRESHOLD = 0.2
 ALPHA = 0.01
-WORK_SIZE = 128
-
-
-def orientation_log_ratio(image: np.ndarray, work_size: int = WORK_SIZE) -> float:
-    """`properties.orientation` of one uint8 image (H x W or H x W x C), resized (area) so that the
-    longer side is <= work_size. `compute_properties` gives the same column for a whole dataset."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    h, w = x.shape[-2:]
-    scale = min(1.0, work_size / max(h, w))
-    if scale < 1.0:
-        x = F.interpolate(x, size=(max(2, round(h * scale)), max(2, round(w * scale))), mode="area")
-    return float(orientation(x)[0])
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
