@@ -35,6 +35,7 @@ def test_class_mix_by_hand():
     with pytest.raises(ValueError, match="agree"):
         class_mix(torch.zeros(1, 2, 2), torch.zeros(2, 2), torch.zeros(1, 3, 3), torch.zeros(3, 3), torch.tensor([0]))
 
+
 def test_pixel_weighted_cross_entropy_by_hand():
     z = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # (1, 2 classes, 1, 2 pixels)
     y = torch.tensor([[[0, 1]]])
@@ -50,6 +51,7 @@ def test_pixel_weighted_cross_entropy_by_hand():
     with pytest.raises(ValueError, match="pixel_weight"):
         seg_cross_entropy(z, y, pixel_weight=torch.ones(1, 2, 1))
 
+
 def test_blur_kernel_and_ema_by_hand():
     # DACS: floor(ceil(0.1 side) - 0.5 + ceil(0.1 side) % 2)
     assert [blur_kernel_size(s) for s in (16, 32, 45, 100, 512)] == [3, 3, 5, 9, 51]
@@ -60,6 +62,7 @@ def test_blur_kernel_and_ema_by_hand():
         p.data.fill_(1.0)
     ema_update(t, s, 0.99)
     assert all(torch.allclose(p, torch.full_like(p, 0.01)) for p in t.parameters())
+
 
 def test_mix_weights_are_one_on_source_pixels_and_q_elsewhere():
     m = DACS()
@@ -73,6 +76,7 @@ def test_mix_weights_are_one_on_source_pixels_and_q_elsewhere():
     assert torch.equal(xm[0, 0] == 1, pasted) and torch.equal(ym[0][pasted], ys[0][pasted])
     assert torch.equal(wm[0], torch.where(pasted, 1.0, 0.25))
 
+
 def test_pseudo_weight_is_the_share_of_confident_pixels():
     class Fixed(torch.nn.Module):
         def forward_multi(self, x):
@@ -82,6 +86,7 @@ def test_pseudo_weight_is_the_share_of_confident_pixels():
 
     lab, q = DACS(tau=0.968).pseudo_labels(Fixed(), torch.zeros(2, 3, 2, 2))
     assert q.item() == pytest.approx(0.5) and (lab[:, :, 0] == 0).all()
+
 
 def test_one_step_trains_the_student_and_the_teacher_follows_by_ema():
     model, m, opts, _ = _setup("dacs")
@@ -95,6 +100,7 @@ def test_one_step_trains_the_student_and_the_teacher_follows_by_ema():
     _run_step(m, model, opts, _batch(seed=1), step=1)  # a = min(1 - 1/2, 0.99) = 0.5
     for t, t0, s1 in zip(m.teacher.parameters(), teacher0, after1):
         assert torch.allclose(t, 0.5 * t0 + 0.5 * s1, atol=1e-6)
+
 
 @pytest.mark.parametrize("mix_class_weights", [False, True])
 def test_mixed_loss_is_unweighted_by_class_unless_asked(mix_class_weights):
@@ -133,10 +139,12 @@ def test_teacher_survives_a_state_round_trip():
     with pytest.raises(ValueError, match="teacher"):
         fresh.load_state_dict({"pseudo": torch.zeros(1)})
 
+
 def test_bad_options_refused():
     for bad in ({"alpha": 1.5}, {"tau": 0.0}, {"jitter_p": -0.1}, {"blur_p": True}, {"lambda_mix": -1}, {"nope": 1}):
         with pytest.raises(ShiftkitError):
             build_seg_method("dacs", **bad)
+
 
 def test_engine_runs_dacs_and_resumes_after_a_kill(tmp_path, seg_folder, kill_at, same_last_weights):
     from shiftkit.adapt.registry import build_method
