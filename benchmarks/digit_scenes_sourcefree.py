@@ -26,7 +26,13 @@ model with stage 1's BatchNorm re-estimation and nothing else, so stage 1's two 
     python benchmarks/digit_scenes_sourcefree.py --data runs/h2/digit-scenes --seeds 0 1 2 --variant adabn-hard-s01
     python benchmarks/digit_scenes_sourcefree.py --data runs/h2/digit-scenes --seeds 0 1 2 --variant v1-soft-prior
     python benchmarks/digit_scenes_sourcefree.py --data runs/h2/digit-scenes --seeds 0 1 2 --variant hard-prior
+    python benchmarks/digit_scenes_sourcefree.py --data runs/h2/digit-scenes --seeds 0 1 2 --start source-aug
     (add --resume to re-score finished stages from --out without training)
+
+`--start source-aug` adapts, with the default das3 settings unchanged, the source-only models that digit_scenes.py
+trained with `--source-aug 0.3 0.5` (the model provider recoloured and inverted its labelled images while training;
+the adaptation still reads no source image). Its rows are tagged " (source aug)" and compared with the B5 advent rows,
+the plain one and the source-aug one.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, Row, Timer, dump, prepare_data, result, run_seconds, table, write_result
 from digit_scenes import (
     NAME,
+    SOURCE_AUG_TAG,
     evaluate_models,
     load_tensors,
     make_model,
@@ -145,7 +152,8 @@ def run_seed(seed: int, a: argparse.Namespace, data: dict, reference: dict[int, 
     start = evaluate_models([model], data["target-test"], classes)
     if seed in reference and abs(start["miou"] - reference[seed]) > 1e-6:
         raise SystemExit(f"seed {seed}: stored source-only model scores {start['miou']:.6f}, the B5 row says {reference[seed]:.6f}")
-    out = Path(a.out) / FOLDERS.get(a.variant, a.variant + "-seed{seed}").format(seed=seed)
+    out = Path(a.out) / (("aug-" if a.start == "source-aug" else "")
+                         + FOLDERS.get(a.variant, a.variant + "-seed{seed}").format(seed=seed))
     adabn_only = None
     if VARIANTS[a.variant].get("stage1", {}).get("bn_adapt", True):  # stage 1's first step alone, same batches of 500
         from shiftkit.adapt.augmented import adabn
@@ -178,14 +186,15 @@ def run_seed(seed: int, a: argparse.Namespace, data: dict, reference: dict[int, 
             "config": r.get("config")}
 
 
-def b5_reference(path: Path) -> dict[str, Any]:
+def b5_reference(path: Path, tag: str = "") -> dict[str, Any]:
+    """The B5 rows das3 is checked against (their names + `tag`, e.g. the source-aug rows), by plain name."""
     if not path.is_file():
         return {}
     res = json.loads(path.read_text())
     out = {}
     for row in res.get("rows", []):
-        if row.get("method") in ("source-only", "advent", "oracle"):
-            out[row["method"]] = {"median": row["metrics"]["miou"]["median"],
+        if row.get("method") in {m + tag: m for m in ("source-only", "advent", "oracle")}:
+            out[row["method"][: len(row["method"]) - len(tag)]] = {"median": row["metrics"]["miou"]["median"],
                                   "per_seed": {p["seed"]: p["metrics"]["miou"] for p in row.get("per_seed", [])}}
     return out
 
@@ -230,8 +239,11 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA / NAME), help="digit-scenes folder (the one the source-only models were scored on)")
-    p.add_argument("--models", default=str(ROOT.parent / "runs" / "bench" / "digit_scenes_final"),
-                   help="folder with digit_scenes.py's source-only-seed<s>.pt")
+    p.add_argument("--models", default=None, help="folder with digit_scenes.py's source-only-seed<s>.pt (default "
+                   "runs/bench/digit_scenes_final, or runs/bench/digit_scenes_aug with --start source-aug)")
+    p.add_argument("--start", default="plain", choices=["plain", "source-aug"],
+                   help="which B5 source-only models to adapt: the plain ones, or those trained with --source-aug "
+                        "(rows tagged ' (source aug)', compared with the B5 rows of that tag)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--base", type=int, default=8)
@@ -254,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     if not (data_dir / "target-test").is_dir():
         prepare_data(NAME, data_dir, seed=0)
     data = load_tensors(data_dir, a.size, False)
-    ref = b5_reference(Path(a.b5))
+    start_tag = SOURCE_AUG_TAG if a.start == "source-aug" else ""
+    if a.models is None:
+        a.models = str(ROOT.parent / "runs" / "bench" / ("digit_scenes_aug" if start_tag else "digit_scenes_final"))
+    ref = b5_reference(Path(a.b5), start_tag)
     runs = [run_seed(s, a, data, ref.get("source-only", {}).get("per_seed", {})) for s in a.seeds]
 
     note_start = ("starts from the stored B5 source-only model of each seed (" + a.models + "/source-only-seed<s>.pt; "
                   "re-scored before adapting, equal to the source-only row); adapted on unlabeled target-train images only, "
                   "no source data; label-free epoch choice per stage; target-test masks only score")
-    tag = "" if a.variant == "default" else f" ({a.variant})"
+    tag = ("" if a.variant == "default" else f" ({a.variant})") + start_tag
+    key = a.variant + (", source aug" if start_tag else "")  # this run's entry in the variants / sourcefree blocks
+    primary = a.variant == "default" and not start_tag
     start = Row("das3" + tag + " start (source-only, re-scored)", False, notes="the stored source-only models, scored here; no training")
     rows = {k: Row(ROWS[k] + tag, False, notes=note_start + (f"; chain of stages 1..{k}" if k > 1 else "")) for k in ROWS}
     has_adabn = all(r["adabn_only"] is not None for r in runs)
@@ -294,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(rows[k].metrics["miou"]) for k in ROWS}
     med0 = statistics.median(start.metrics["miou"])
     verdict: dict[str, Any] = {
-        "variant": a.variant, "das3_options": VARIANTS[a.variant],
+        "variant": a.variant, "start": a.start, "das3_options": VARIANTS[a.variant],
         "start_source_only_miou": round(med0, 4),
         "stage_medians": {ROWS[k]: round(med[k], 4) for k in ROWS},
         "stage_gains_of_medians": {ROWS[1]: round(med[1] - med0, 4), ROWS[2]: round(med[2] - med[1], 4),
@@ -310,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         verdict["advent_miou_with_source"] = round(adv, 4)
         verdict["das3_reaches_advent"] = med[3] >= adv
         verdict["best_das3_stage_reaches_advent"] = max(med.values()) >= adv
+    if start_tag and "advent" in b5_reference(Path(a.b5)):  # also beside the plain B5 advent row
+        plain = b5_reference(Path(a.b5))["advent"]["median"]
+        verdict["advent_plain_source_miou"] = round(plain, 4)
+        verdict["das3_reaches_best_advent"] = med[3] >= max(plain, ref.get("advent", {}).get("median", 0.0))
     total = time.perf_counter() - t0
     verdict["total_wall_s"] = round(total, 1)
     if a.resume and all(r["stages"][k].get("status") == "reused" for r in runs for k in ROWS):
@@ -338,13 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     if Path(a.result).is_file():  # keep the other variants' rows and verdicts
         old = json.loads(Path(a.result).read_text())
         res["rows"] = [r for r in old.get("rows", []) if r["method"] not in mine and not (
-            a.variant == "default" and "(" not in r["method"])] + res["rows"]
-        res["variants"] = {**old.get("variants", {}), a.variant: {"verdict": verdict, "command": res["command"], "date": res["date"]}}
+            primary and "(" not in r["method"])] + res["rows"]
+        res["variants"] = {**old.get("variants", {}), key: {"verdict": verdict, "command": res["command"], "date": res["date"]}}
     else:
-        res["variants"] = {a.variant: {"verdict": verdict, "command": res["command"], "date": res["date"]}}
-    if a.variant != "default" and Path(a.result).is_file():
+        res["variants"] = {key: {"verdict": verdict, "command": res["command"], "date": res["date"]}}
+    if not primary and Path(a.result).is_file():
         res["verdict"], res["command"], res["settings"] = old.get("verdict", {}), old.get("command"), old.get("settings", {})
-        res["settings"][f"variant_{a.variant}"] = {"das3_options": VARIANTS[a.variant], "why": "see VARIANTS in the script"}
+        res["settings"][f"variant_{key}"] = {"das3_options": VARIANTS[a.variant], "models": a.models,
+                                             "why": "see VARIANTS and --start in the script"}
     res["analysis"] = analyse(res["rows"])
     path = write_result(res, a.result)
     if not a.no_merge and Path(a.b5).is_file():
@@ -352,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         b5["rows"] = [r for r in b5["rows"] if r.get("method") not in mine]
         for r in [r for r in res["rows"] if r["method"] in mine and "start" not in r["method"]]:
             b5["rows"].append({**r, "source_free": True, "from": "benchmarks/digit_scenes_sourcefree.py (" + a.result.split("/")[-1] + ")"})
-        b5.setdefault("sourcefree", {})[a.variant] = {"command": " ".join(["python"] + sys.argv), "verdict": verdict,
+        b5.setdefault("sourcefree", {})[key] = {"command": " ".join(["python"] + sys.argv), "verdict": verdict,
                                                     "settings": settings, "result": str(Path(a.result).name)}
         write_result(b5, a.b5)
     print(table(row_list, ["miou", "pixel_accuracy"]))

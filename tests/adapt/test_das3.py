@@ -25,14 +25,13 @@ from shiftkit.adapt.das3 import (
     image_entropy,
     negative_pseudo_labels,
     parse_stages,
-    photometric_transform,
     positive_pseudo_labels,
-    random_photometric,
     smoothed_prior,
     split_easy_hard,
     weighted_diversity_loss,
 )
 from shiftkit.adapt.seg_losses import minent_loss
+from shiftkit.augment.functional import random_photometric
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.segmentation import UNet
 
@@ -132,35 +131,6 @@ def test_negative_labels_and_complementary_ce_by_hand():
 
 
 # --- stage 3 ranking and ClassMix ----------------------------------------------------------------
-
-
-def test_photometric_transform_by_hand():
-    """One image, two pixels, channels (r, g, b): pixel 1 = (0.2, 0.4, 0.6), pixel 2 = (0.0, 0.2, 1.0); mean 0.4.
-    c = 2, b = 0.1: u = clamp(2 (x - 0.4) + 0.4 + 0.1) -> pixel 1 (0.1, 0.5, 0.9), pixel 2 (0, 0.1, 1.0 clamped);
-    perm (2, 0, 1) -> pixel 1 (0.9, 0.1, 0.5), pixel 2 (1.0, 0, 0.1); grey: channel means 0.5 and 1.1 / 3."""
-    x = torch.tensor([[0.2, 0.0], [0.4, 0.2], [0.6, 1.0]]).view(1, 3, 1, 2)
-    args = (torch.tensor([0.1]), torch.tensor([2.0]), torch.tensor([[2, 0, 1]]))
-    got = photometric_transform(x, *args, torch.tensor([False]))
-    assert torch.allclose(got.view(3, 2), torch.tensor([[0.9, 1.0], [0.1, 0.0], [0.5, 0.1]]), atol=1e-6)
-    got = photometric_transform(x, *args, torch.tensor([True]))
-    assert torch.allclose(got.view(3, 2), torch.tensor([[0.5, 1.1 / 3]] * 3), atol=1e-6)
-    # identity parameters give x back; strength 0 draws nothing
-    same = photometric_transform(x, torch.zeros(1), torch.ones(1), torch.tensor([[0, 1, 2]]), torch.tensor([False]))
-    assert torch.allclose(same, x)
-    assert random_photometric(x, 0.0) is x
-    # two images get their own draws; values stay in [0, 1]; the same generator seed repeats the draw
-    xs = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = random_photometric(xs, 0.5, torch.Generator().manual_seed(3))
-    b = random_photometric(xs, 0.5, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, xs)
-    for bad, match in [(lambda: photometric_transform(x[:, :2], *args, torch.tensor([False])), "N, 3, H, W"),
-                       (lambda: photometric_transform(x, torch.zeros(2), torch.ones(1), args[2], torch.tensor([False])),
-                        "shape"),
-                       (lambda: photometric_transform(x, args[0], args[1], torch.tensor([[0, 0, 1]]), torch.tensor([False])),
-                        "order of the channels"),
-                       (lambda: random_photometric(x, 1.5), "strength")]:
-        with pytest.raises(ValueError, match=match):
-            bad()
 
 
 def test_image_entropy_and_easy_hard_split():

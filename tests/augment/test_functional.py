@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from shiftkit.augment import functional as AF
+from shiftkit.augment.functional import photometric_transform, random_photometric
 
 
 def _scene(h=16, w=24, boxes=((2, 3, 9, 7), (12, 1, 20, 14))):
@@ -111,3 +112,49 @@ def test_bad_arguments_fail_early():
         AF.brightness(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="unknown photometric op"):
         AF.apply_op("posterize", torch.zeros(1, 1, 4, 4), torch.tensor([1.0]))
+
+
+def test_photometric_transform_by_hand():
+    """One image, two pixels, channels (r, g, b): pixel 1 = (0.2, 0.4, 0.6), pixel 2 = (0.0, 0.2, 1.0); mean 0.4.
+    c = 2, b = 0.1: u = clamp(2 (x - 0.4) + 0.4 + 0.1) -> pixel 1 (0.1, 0.5, 0.9), pixel 2 (0, 0.1, 1.0 clamped);
+    perm (2, 0, 1) -> pixel 1 (0.9, 0.1, 0.5), pixel 2 (1.0, 0, 0.1); grey: channel means 0.5 and 1.1 / 3."""
+    x = torch.tensor([[0.2, 0.0], [0.4, 0.2], [0.6, 1.0]]).view(1, 3, 1, 2)
+    args = (torch.tensor([0.1]), torch.tensor([2.0]), torch.tensor([[2, 0, 1]]))
+    got = photometric_transform(x, *args, torch.tensor([False]))
+    assert torch.allclose(got.view(3, 2), torch.tensor([[0.9, 1.0], [0.1, 0.0], [0.5, 0.1]]), atol=1e-6)
+    got = photometric_transform(x, *args, torch.tensor([True]))
+    assert torch.allclose(got.view(3, 2), torch.tensor([[0.5, 1.1 / 3]] * 3), atol=1e-6)
+    # identity parameters give x back; strength 0 draws nothing
+    same = photometric_transform(x, torch.zeros(1), torch.ones(1), torch.tensor([[0, 1, 2]]), torch.tensor([False]))
+    assert torch.allclose(same, x)
+    assert random_photometric(x, 0.0) is x
+    # two images get their own draws; values stay in [0, 1]; the same generator seed repeats the draw
+    xs = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = random_photometric(xs, 0.5, torch.Generator().manual_seed(3))
+    b = random_photometric(xs, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, xs)
+    # inversion: 1 - the colour-changed image, per image; invert = 0 keeps random_photometric's draws unchanged
+    got = photometric_transform(x, *args, torch.tensor([False]), torch.tensor([True]))
+    assert torch.allclose(got.view(3, 2), 1 - torch.tensor([[0.9, 1.0], [0.1, 0.0], [0.5, 0.1]]), atol=1e-6)
+    assert torch.equal(photometric_transform(x, *args, torch.tensor([False]), torch.tensor([False])),
+                       photometric_transform(x, *args, torch.tensor([False])))
+    assert torch.equal(random_photometric(xs, 0.5, torch.Generator().manual_seed(3), invert=0.0), a)
+    assert torch.equal(random_photometric(xs, 0.0, invert=1.0), 1 - xs)  # strength 0: inversion alone
+    flips = random_photometric(torch.zeros(400, 3, 1, 1), 0.0, torch.Generator().manual_seed(5), invert=0.5)
+    assert 150 < int(flips.flatten(1)[:, 0].sum()) < 250  # about half the images inverted
+    # any channel count: one grey channel keeps its only order, inversion works the same
+    one = torch.tensor([[[[0.25, 0.5]]]])
+    assert torch.allclose(photometric_transform(one, torch.zeros(1), torch.ones(1), torch.tensor([[0]]), torch.tensor([True]),
+                                                torch.tensor([True])), 1 - one)
+    assert random_photometric(one, 0.5, torch.Generator().manual_seed(0)).shape == one.shape
+    for bad, match in [(lambda: photometric_transform(x.long(), *args, torch.tensor([False])), "float"),
+                       (lambda: photometric_transform(x[:, :2], *args, torch.tensor([False])), "shape"),
+                       (lambda: photometric_transform(x, *args, torch.tensor([False]), torch.tensor([True, False])), "invert"),
+                       (lambda: random_photometric(x, 0.3, invert=1.5), "probability"),
+                       (lambda: photometric_transform(x, torch.zeros(2), torch.ones(1), args[2], torch.tensor([False])),
+                        "shape"),
+                       (lambda: photometric_transform(x, args[0], args[1], torch.tensor([[0, 0, 1]]), torch.tensor([False])),
+                        "order of the channels 0..2"),
+                       (lambda: random_photometric(x, 1.5), "strength")]:
+        with pytest.raises(ValueError, match=match):
+            bad()

@@ -36,7 +36,7 @@ def test_fit_trains_improves_and_writes_run_folder(tiny, tmp_path, fast):
 
 def test_resume_after_kill_matches_uninterrupted(tiny, tmp_path, fast, kill_at, same_last_weights):
     kw = dict(target_test=tiny["target_test"], method="dann+mcc+self-training", epochs=2, ckpt_every=2, bottleneck=16,
-              dropout=0.2, **fast)
+              dropout=0.2, source_jitter=0.3, source_invert=0.5, **fast)  # the recolouring draws resume too
     a = fit(tiny["source"], tiny["target"], out=tmp_path / "a", **kw)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny["source"], tiny["target"], out=tmp_path / "b", hooks={"step_end": kill_at(9)}, **kw)
@@ -126,6 +126,39 @@ class TwoPhase(Method):
             return {"disc": domain_bce(self.disc(fs.detach()), self.disc(ft.detach()))}
 
         return [p1, Phase(disc_losses, ("discriminator",))]
+
+
+class SeesBatches(Method):
+    """Source-only, recording the images each step hands it."""
+
+    name = "sees-batches"
+    streams = ("source", "target")
+
+    def __init__(self):
+        self.seen = []
+
+    def phases(self, net, batch, step):
+        from shiftkit.adapt.losses import cross_entropy
+
+        self.seen.append({k: batch[k]["x"].clone() for k in self.streams})
+        return [Phase({"cls": cross_entropy(net(batch["source"]["x"])[1], batch["source"]["y"])}, ("model",))]
+
+
+def test_source_recolouring_changes_source_images_only(tiny, tmp_path, fast):
+    runs = {}
+    for name, opts in (("plain", {}), ("inverted", {"source_invert": 1.0}), ("jitter", {"source_jitter": 0.5})):
+        m = SeesBatches()
+        fit(tiny["source"], tiny["target"], method=m, out=tmp_path / name, epochs=1, **opts, **fast)
+        runs[name] = m.seen
+        assert json.loads((tmp_path / name / "config.json").read_text())["source_invert"] == opts.get("source_invert", 0.0)
+    for plain, inv, jit in zip(runs["plain"], runs["inverted"], runs["jitter"], strict=True):
+        assert torch.allclose(inv["source"], 1 - plain["source"]) and torch.equal(inv["target"], plain["target"])
+        assert not torch.equal(jit["source"], plain["source"]) and torch.equal(jit["target"], plain["target"])
+        assert jit["source"].min() >= 0 and jit["source"].max() <= 1
+    for bad, match in (({"source_invert": 1.5}, "--source-invert"), ({"source_jitter": -0.1}, "--source-jitter"),
+                       ({"source_jitter": 0.3, "freeze_backbone": True}, "cached features")):
+        with pytest.raises(ShiftkitError, match=match):
+            fit(tiny["source"], out=tmp_path / "bad", epochs=1, **bad, **fast)
 
 
 def test_two_phase_method_runs_and_updates_both_groups(tiny, tmp_path, fast):

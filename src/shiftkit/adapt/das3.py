@@ -75,6 +75,7 @@ from shiftkit.adapt.base import Method, Phase, StepInfo
 from shiftkit.adapt.dacs import class_mix, mix_classes
 from shiftkit.adapt.seg_base import _check_weight, levels, seg_model
 from shiftkit.adapt.seg_losses import IGNORE_INDEX, seg_cross_entropy
+from shiftkit.augment.functional import random_photometric
 from shiftkit.errors import ShiftkitError
 
 STAGES = (1, 2, 3)
@@ -228,43 +229,6 @@ def split_easy_hard(scores: torch.Tensor, easy_share: float = 0.3) -> torch.Tens
     easy = torch.zeros(n, dtype=torch.bool)
     easy[order[:k]] = True
     return easy
-
-
-def photometric_transform(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, perm: torch.Tensor,
-                          gray: torch.Tensor) -> torch.Tensor:
-    """Per-image colour change of x (N, 3, H, W) in [0, 1], image n by its own (b_n, c_n, pi_n, g_n):
-        u = clamp(c_n (x_n - xbar_n) + xbar_n + b_n, 0, 1),  xbar_n = mean of x_n over channels and pixels,
-        v = u[pi_n]  (channels permuted),   x'_n = mean_k v_k on every channel if g_n else v.
-    brightness, contrast (N,), perm (N, 3) channel orders, gray (N,) bool. Pixel positions never move, so
-    pixel labels stay valid."""
-    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"x must be an (N, 3, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    n = x.shape[0]
-    if brightness.shape != (n,) or contrast.shape != (n,) or gray.shape != (n,) or perm.shape != (n, 3):
-        raise ValueError(f"need brightness, contrast, gray of shape ({n},) and perm ({n}, 3)")
-    if bool((torch.sort(perm.long(), dim=1).values != torch.arange(3, device=perm.device)).any()):
-        raise ValueError("each perm row must be an order of the channels 0, 1, 2")
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    u = (contrast.view(n, 1, 1, 1) * (x - mean) + mean + brightness.view(n, 1, 1, 1)).clamp(0.0, 1.0)
-    v = torch.gather(u, 1, perm.long().view(n, 3, 1, 1).expand_as(u))
-    return torch.where(gray.view(n, 1, 1, 1).to(torch.bool), v.mean(dim=1, keepdim=True).expand_as(v), v)
-
-
-def random_photometric(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`photometric_transform` with b_n ~ U(-s, s), c_n ~ U(1 - s, 1 + s), pi_n a uniform random channel order and
-    g_n ~ Bernoulli(s / 2), s = strength in [0, 1]; s = 0 returns x unchanged. Draws on CPU from `generator`."""
-    if not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    if strength == 0:
-        return x
-    n = x.shape[0]
-    s = float(strength)
-    b = (torch.rand(n, generator=generator) * 2 - 1) * s
-    c = 1 + (torch.rand(n, generator=generator) * 2 - 1) * s
-    perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(n)])
-    g = torch.rand(n, generator=generator) < s / 2
-    d = x.device
-    return photometric_transform(x, b.to(d), c.to(d), perm.to(d), g.to(d))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -828,9 +792,7 @@ __all__ = [
     "mix_classes",
     "negative_pseudo_labels",
     "parse_stages",
-    "photometric_transform",
     "positive_pseudo_labels",
-    "random_photometric",
     "smoothed_prior",
     "split_easy_hard",
     "weighted_diversity_loss",

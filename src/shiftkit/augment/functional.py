@@ -206,6 +206,57 @@ def hue(images: Tensor, shift: Tensor) -> Tensor:
     return kornia.enhance.adjust_hue(images, shift.to(images) * 2 * math.pi).clamp(0, 1)
 
 
+# --- random recolouring for training (one call per batch; the labels never move) -------------------
+
+
+def photometric_transform(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, perm: torch.Tensor,
+                          gray: torch.Tensor, invert: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image colour change of x (N, C, H, W) in [0, 1], image n by its own (b_n, c_n, pi_n, g_n, i_n):
+        u = clamp(c_n (x_n - xbar_n) + xbar_n + b_n, 0, 1),  xbar_n = mean of x_n over channels and pixels,
+        v = u[pi_n]  (channels permuted),   w = mean_k v_k on every channel if g_n else v,
+        x'_n = 1 - w if i_n (polarity inverted: dark strokes on light ground become light on dark) else w.
+    brightness, contrast (N,), perm (N, C) channel orders, gray and invert (N,) bool (invert None: none).
+    Pixel positions never move, so pixel labels stay valid."""
+    if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"x must be a float (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    n, ch = x.shape[:2]
+    if brightness.shape != (n,) or contrast.shape != (n,) or gray.shape != (n,) or perm.shape != (n, ch):
+        raise ValueError(f"need brightness, contrast, gray of shape ({n},) and perm ({n}, {ch})")
+    if invert is not None and invert.shape != (n,):
+        raise ValueError(f"invert must have shape ({n},), got {tuple(invert.shape)}")
+    if bool((torch.sort(perm.long(), dim=1).values != torch.arange(ch, device=perm.device)).any()):
+        raise ValueError(f"each perm row must be an order of the channels 0..{ch - 1}")
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    u = (contrast.view(n, 1, 1, 1) * (x - mean) + mean + brightness.view(n, 1, 1, 1)).clamp(0.0, 1.0)
+    v = torch.gather(u, 1, perm.long().view(n, ch, 1, 1).expand_as(u))
+    w = torch.where(gray.view(n, 1, 1, 1).to(torch.bool), v.mean(dim=1, keepdim=True).expand_as(v), v)
+    return w if invert is None else torch.where(invert.view(n, 1, 1, 1).to(torch.bool), 1.0 - w, w)
+
+
+def random_photometric(x: torch.Tensor, strength: float, generator: torch.Generator | None = None,
+                       invert: float = 0.0) -> torch.Tensor:
+    """`photometric_transform` with b_n ~ U(-s, s), c_n ~ U(1 - s, 1 + s), pi_n a uniform random channel order,
+    g_n ~ Bernoulli(s / 2), s = strength in [0, 1], and i_n ~ Bernoulli(invert); s = 0 and invert = 0 return x
+    unchanged. Draws on CPU from `generator` (nothing drawn for i_n when invert = 0, so the other draws keep
+    their sequence)."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if not 0.0 <= float(invert) <= 1.0:
+        raise ValueError(f"invert must be a probability in [0, 1], got {invert}")
+    if strength == 0 and invert == 0:
+        return x
+    n, ch = x.shape[:2]
+    s = float(strength)
+    b = (torch.rand(n, generator=generator) * 2 - 1) * s
+    c = 1 + (torch.rand(n, generator=generator) * 2 - 1) * s
+    perm = (torch.stack([torch.randperm(ch, generator=generator) for _ in range(n)]) if s > 0
+            else torch.arange(ch).expand(n, ch))  # strength 0: colours kept, only the inversion
+    g = torch.rand(n, generator=generator) < s / 2
+    i = torch.rand(n, generator=generator) < float(invert) if invert > 0 else None
+    d = x.device
+    return photometric_transform(x, b.to(d), c.to(d), perm.to(d), g.to(d), None if i is None else i.to(d))
+
+
 PhotometricFn = Callable[..., Tensor]
 
 PHOTOMETRIC_OPS: dict[str, PhotometricFn] = {

@@ -64,6 +64,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     o.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 1 epoch, at most 5%%)")
     o.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm")
     o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--source-jitter", type=float, default=0.0, metavar="S",
+                   help="recolour each labelled source image every step: brightness +-S, contrast x(1 +- S) about the "
+                        "image mean, a random channel order, grey with probability S/2 (labels, masks untouched; 0 = off)")
+    o.add_argument("--source-invert", type=float, default=0.0, metavar="P",
+                   help="invert each labelled source image (1 - x) with probability P, for a target whose objects may be "
+                        "darker than their surroundings where the source's are lighter (0 = off)")
     o.add_argument("--iters-per-epoch", type=int, default=None, help="steps per epoch (default: one pass over the source)")
     add_speed(o)
     s = p.add_argument_group("selection and output")
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, head_lr_mult=args.head_lr_mult, optimizer=args.optimizer,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, size=args.size,
+        source_jitter=args.source_jitter, source_invert=args.source_invert,
         freeze_stages=args.freeze_stages, freeze_bn=args.freeze_bn, freeze_backbone=args.freeze_backbone,
         balanced_sampling=args.balanced_sampling, class_weights=_class_weights(args.class_weights),
         iters_per_epoch=args.iters_per_epoch, select=args.select, select_score=args.select_score,

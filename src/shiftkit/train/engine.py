@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from shiftkit.adapt.base import Method, StepInfo
+from shiftkit.augment.functional import random_photometric
 from shiftkit.device import amp_dtype, amp_label, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.train import checkpoint as ckpt
@@ -88,6 +89,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
     label_smoothing: float = 0.0
+    source_jitter: float = 0.0  # recolour the labelled source images each step (augment.functional.random_photometric)
+    source_invert: float = 0.0  # and invert each with this probability (light-on-dark <-> dark-on-light)
     size: int | None = None
     freeze_stages: int = 0
     freeze_bn: bool = False
@@ -132,6 +135,12 @@ class TrainConfig:
             bad(f"unknown schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}", "e.g. 0.1")
+        for flag, v in (("--source-jitter", self.source_jitter), ("--source-invert", self.source_invert)):
+            if not 0.0 <= v <= 1.0:
+                bad(f"{flag} must be in [0, 1], got {v}", "e.g. --source-jitter 0.3 --source-invert 0.5")
+        if (self.source_jitter or self.source_invert) and self.freeze_backbone:
+            bad("--source-jitter/--source-invert recolour images, but --freeze-backbone trains on cached features",
+                "drop --freeze-backbone, or the recolouring")
         if self.weight_decay < 0:
             bad(f"--weight-decay must be >= 0, got {self.weight_decay}", "e.g. 0.01")
         if self.select is not None and self.select not in SELECT_MODES:
@@ -738,6 +747,10 @@ class Engine:
             batch[s] = {"x": self._to_input(b["x"]), "y": b["y"].to(self.device), "index": b["index"]}
             if b["x"].dtype == torch.uint8:
                 batch[s]["x"] = batch[s]["x"].float().div_(255.0)
+        if "source" in batch and (self.cfg.source_jitter or self.cfg.source_invert):  # labels never move
+            # draws from the global CPU generator, which checkpoints carry: a resumed run recolours identically
+            batch["source"]["x"] = random_photometric(batch["source"]["x"], self.cfg.source_jitter,
+                                                      invert=self.cfg.source_invert)
         self.net.train()
         for m in self.method_modules.values():
             m.train()
