@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, Row, Timer, dump, prepare_data, result, table, write_result  # noqa: E402
 
 from shiftkit.adapt.base import StepInfo  # noqa: E402
-from shiftkit.augment.functional import random_photometric  # noqa: E402
 from shiftkit.adapt.seg_base import build_seg_method  # noqa: E402
+from shiftkit.augment.functional import random_photometric  # noqa: E402
 from shiftkit.train.seg_metrics import SegMeter  # noqa: E402
 
 NAME = "digit-scenes"

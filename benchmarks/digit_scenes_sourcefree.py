@@ -192,10 +192,11 @@ def b5_reference(path: Path, tag: str = "") -> dict[str, Any]:
         return {}
     res = json.loads(path.read_text())
     out = {}
+    plain_name = {m + tag: m for m in ("source-only", "advent", "oracle")}
     for row in res.get("rows", []):
-        if row.get("method") in {m + tag: m for m in ("source-only", "advent", "oracle")}:
-            out[row["method"][: len(row["method"]) - len(tag)]] = {"median": row["metrics"]["miou"]["median"],
-                                  "per_seed": {p["seed"]: p["metrics"]["miou"] for p in row.get("per_seed", [])}}
+        if row.get("method") in plain_name:
+            out[plain_name[row["method"]]] = {"median": row["metrics"]["miou"]["median"],
+                                              "per_seed": {p["seed"]: p["metrics"]["miou"] for p in row.get("per_seed", [])}}
     return out
 
 
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.models is None:
         a.models = str(ROOT.parent / "runs" / "bench" / ("digit_scenes_aug" if start_tag else "digit_scenes_final"))
     ref = b5_reference(Path(a.b5), start_tag)
+    plain_ref = b5_reference(Path(a.b5)) if start_tag else ref  # the untagged rows, beside a source-aug start
     runs = [run_seed(s, a, data, ref.get("source-only", {}).get("per_seed", {})) for s in a.seeds]
 
     note_start = ("starts from the stored B5 source-only model of each seed (" + a.models + "/source-only-seed<s>.pt; "
@@ -327,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict["advent_miou_with_source"] = round(adv, 4)
         verdict["das3_reaches_advent"] = med[3] >= adv
         verdict["best_das3_stage_reaches_advent"] = max(med.values()) >= adv
-    if start_tag and "advent" in b5_reference(Path(a.b5)):  # also beside the plain B5 advent row
-        plain = b5_reference(Path(a.b5))["advent"]["median"]
+    if start_tag and "advent" in plain_ref:  # also beside the plain B5 advent row
+        plain = plain_ref["advent"]["median"]
         verdict["advent_plain_source_miou"] = round(plain, 4)
         verdict["das3_reaches_best_advent"] = med[3] >= max(plain, ref.get("advent", {}).get("median", 0.0))
     total = time.perf_counter() - t0

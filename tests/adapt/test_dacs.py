@@ -22,9 +22,10 @@ from .test_seg_methods import _batch, _run_step, _setup, _snapshot
 def test_class_mix_by_hand():
     xa, xb = torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 0.0)
     ya, yb = torch.tensor([[0, 1], [2, 255]]), torch.tensor([[5, 5], [5, 5]])
-    x, y = class_mix(xa, ya, xb, yb, torch.tensor([1, 2]))
+    x, y, m = class_mix(xa, ya, xb, yb, torch.tensor([1, 2]))
     assert y.tolist() == [[5, 1], [2, 5]]
     assert x[0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert m.tolist() == [[False, True], [True, False]]  # the pasted pixels
     # half the present classes (ceil), ignore never drawn; nothing present -> nothing pasted
     g = torch.Generator().manual_seed(0)
     drawn = mix_classes(ya, g)

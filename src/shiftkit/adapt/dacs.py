@@ -45,15 +45,15 @@ def mix_classes(labels: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def class_mix(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torch.Tensor,
-              classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ClassMix (Olsson et al. 2021): paste image a's pixels of `classes` onto image b.
     M = [y_a in classes]; x = M x_a + (1 - M) x_b; y = M y_a + (1 - M) y_b. x (C, H, W) or (N, C, H, W),
-    y (H, W) or (N, H, W)."""
+    y (H, W) or (N, H, W). Returns (x, y, M), M bool shaped like y (for per-pixel weights of the mix)."""
     if x_a.shape != x_b.shape or y_a.shape != y_b.shape or x_a.shape[-2:] != y_a.shape[-2:]:
         raise ValueError(f"images {tuple(x_a.shape)}, {tuple(x_b.shape)} and masks {tuple(y_a.shape)}, "
                          f"{tuple(y_b.shape)} must agree")
     m = torch.isin(y_a, torch.as_tensor(classes, dtype=y_a.dtype, device=y_a.device))
-    return torch.where(m.unsqueeze(-3), x_a, x_b), torch.where(m, y_a, y_b)
+    return torch.where(m.unsqueeze(-3), x_a, x_b), torch.where(m, y_a, y_b), m
 
 
 def blur_kernel_size(side: int) -> int:
@@ -134,9 +134,7 @@ class DACS(SegMethod):
         n = min(xs.shape[0], xt.shape[0])
         xm, ym, wm = [], [], []
         for i in range(n):
-            classes = mix_classes(ys[i], None, self.ignore_index)
-            x, y = class_mix(xs[i], ys[i], xt[i], yt[i], classes)
-            m = torch.isin(ys[i], classes)
+            x, y, m = class_mix(xs[i], ys[i], xt[i], yt[i], mix_classes(ys[i], None, self.ignore_index))
             xm.append(x)
             ym.append(y)
             wm.append(torch.where(m, torch.ones_like(q), q.expand_as(m)))

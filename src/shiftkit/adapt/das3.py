@@ -581,7 +581,7 @@ class Das3Propagate(_Das3Stage):
                 xm.append(x[b])
                 ym.append(lab[b])
                 continue
-            xa, ya = class_mix(x[a], lab[a], x[b], lab[b], mix_classes(lab[a], None, self.ignore_index))
+            xa, ya, _ = class_mix(x[a], lab[a], x[b], lab[b], mix_classes(lab[a], None, self.ignore_index))
             xm.append(xa)
             ym.append(ya)
             mixed += 1
@@ -785,11 +785,9 @@ __all__ = [
     "bn_adapt_target",
     "bn_affine_parameters",
     "category_thresholds",
-    "class_mix",
     "complementary_cross_entropy",
     "focal_entropy_loss",
     "image_entropy",
-    "mix_classes",
     "negative_pseudo_labels",
     "parse_stages",
     "positive_pseudo_labels",
