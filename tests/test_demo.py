@@ -32,6 +32,9 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     assert tr["steps"] == 4 and tr["amp"] == "bfloat16" and -1.0 <= tr["edge_alignment"] <= 1.0
     assert (out / "figures" / "mono_to_poly_cut.png").stat().st_size > 1000
     assert (out / "translator" / "checkpoints" / "last.safetensors").is_file()
+    rec = metrics["recolour"]
+    assert (rec["jitter"], rec["invert"], rec["draws"]) == (0.3, 0.5, 3)
+    assert (out / "figures" / "mono_recoloured.png").stat().st_size > 1000
     # another --limit in the same folder is refused before anything is written; --overwrite starts again
     assert main(["--out", str(out), "--limit", "12", "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -12,7 +12,9 @@ Steps (one that fails is reported in plain words and the others still run):
   5. translate: a brief CUT translator (learned unpaired translation, 400 bfloat16 steps at 96 px,
      about a minute) paints poly texture onto the grid's mono cells; its grid and the edge
      alignment of each cell with its translation (1 = the same geometry) are saved;
-  6. adapt: a classifier on frozen ImageNet MobileNetV2 features trained on mono cells only
+  6. recolour: the grid's mono cells as `shiftkit train --source-jitter 0.3 --source-invert 0.5` hands
+     them to a model at each step (brightness, contrast, sometimes inverted; the labels never move);
+  7. adapt: a classifier on frozen ImageNet MobileNetV2 features trained on mono cells only
      (source-only) and with MCC on the unlabeled poly cells, the checkpoint chosen without target
      labels; poly target-test balanced accuracy of both (labels only score).
 OUT holds config.json, metrics.json and figures/ (CONVENTIONS.md run folder).
@@ -158,6 +160,29 @@ class Demo:
                                      "train_s": m["train_s"], "amp": m["amp"], "edge_alignment": float(edges.mean()),
                                      "run": cfg.out}
 
+    def recolour(self) -> None:
+        """Three seeded draws of the training-time source recolouring on the grid's mono cells."""
+        import torch
+
+        from shiftkit.augment.functional import random_photometric
+        from shiftkit.data import open_dataset
+        from shiftkit.report.grid import save_grid
+
+        jitter, invert = 0.3, 0.5
+        src, tgt = open_dataset(self.data / "source"), open_dataset(self.data / "target")
+        s_samples, _ = self._grid_cells(src, tgt)
+        xs = _batch(s_samples, "cpu")
+        g = torch.Generator().manual_seed(self.seed)
+        draws = [random_photometric(xs, jitter, g, invert=invert) for _ in range(3)]
+        rows = [[_u8(xs[k])] + [_u8(d[k]) for d in draws] for k in range(len(s_samples))]
+        path = save_grid(self.out / "figures" / "mono_recoloured.png", rows,
+                         titles=["mono (source)", "draw 1", "draw 2", "draw 3"],
+                         row_labels=[Path(s.path).name for s in s_samples], cell=160)
+        self.say(f"    what a model sees with --source-jitter {jitter} --source-invert {invert}: {path}")
+        self.say("    its effect is measured on B5, digits moved onto photos: the '(source aug)' rows of "
+                 "benchmarks/results/digit_scenes.json")
+        self.metrics["recolour"] = {"grid": path, "jitter": jitter, "invert": invert, "draws": len(draws)}
+
     def _transfer_effect(self, src, tgt, methods: dict, dev) -> None:
         """Per-property KS, mono vs poly, before and after each transfer (each mono cell styled by a random poly cell).
 
@@ -233,6 +258,7 @@ class Demo:
         ("drift", "Measuring what differs between mono and poly cells"),
         ("transfer", "Transferring mono cells to poly style"),
         ("translate", "Learning a mono -> poly translator (brief CUT run)"),
+        ("recolour", "Showing the training-time source recolouring"),
         ("adapt", "Training on mono cells and adapting to unlabeled poly cells"),
     )
 
