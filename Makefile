@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Both bootstrap .venv on a fresh machine.
+# `make demo` and `make test` bootstrap .venv on a fresh machine; `make lint` runs ruff alone.
 # TORCH_SPEC lets a GPU user pick another torch build, e.g. make test TORCH_SPEC="torch==2.5.1".
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.shiftkit-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

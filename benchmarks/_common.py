@@ -55,7 +55,7 @@ def setup_run(a, bench: str, data: str | None = None) -> Path:
 class Timer:
     """Wall and process-CPU seconds of a block."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.w0, self.c0 = time.perf_counter(), time.process_time()
         return self
 

@@ -196,7 +196,7 @@ def train_one(method_name: str, seed: int, args: SimpleNamespace, data: dict, ou
                 mod.train()
             f = poly(step, args.steps)
             for k, o in opts.items():
-                for grp, lr0 in zip(o.param_groups, base_lr[k]):
+                for grp, lr0 in zip(o.param_groups, base_lr[k], strict=True):
                     grp["lr"] = lr0 * f
             si = torch.randint(0, ns, (args.batch,), generator=g)
             ti = torch.randint(0, nt, (args.batch,), generator=g)

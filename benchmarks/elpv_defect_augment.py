@@ -211,9 +211,10 @@ def shiftkit_cli(*argv: str) -> None:
 
 def cross_predictions(train_dir: Path, work: Path, a: argparse.Namespace, seed: int) -> Path:
     """k-fold out-of-fold predictions on the training set, one CSV with paths relative to train_dir."""
-    from shiftkit.train.evaluation import predictions_csv
-    from shiftkit.io import atomic_write_text
     import numpy as np
+
+    from shiftkit.io import atomic_write_text
+    from shiftkit.train.evaluation import predictions_csv
 
     paths, labels, classes = labeled_items(train_dir)
     all_p, all_probs, all_y = [], [], []
@@ -400,7 +401,7 @@ def combine(parts: list[str], out: str | None, notes: list[str] | None = None) -
         path, _, tag = p.partition("::")
         docs.append(json.loads(Path(path).read_text()))
         extra.append(tag)
-    for d, more in zip(docs, extra):  # runs of another recipe variant keep their own row names and verdict keys
+    for d, more in zip(docs, extra, strict=True):  # runs of another recipe variant keep their own row names and verdict keys
         tag = variant_tag(d["settings"])
         if more:
             tag = f"{tag[:-1]}, {more})" if tag else f" ({more})"
@@ -422,7 +423,7 @@ def combine(parts: list[str], out: str | None, notes: list[str] | None = None) -
             d.pop(key, None)
     settings["complete"] = all(d["settings"].get("complete") for d in docs)
     res["settings"] = settings
-    res["parts"] = [{"command": d["command"], "date": d["date"], "machine": d["machine"], "tag": t} for d, t in zip(docs, extra)]
+    res["parts"] = [{"command": d["command"], "date": d["date"], "machine": d["machine"], "tag": t} for d, t in zip(docs, extra, strict=True)]
     if notes:
         res["notes"] = notes
     return C.write_result(res, out)

@@ -100,9 +100,9 @@ def train_judges(source: Path, out: Path, folds: int, epochs: int, size: int, de
     fine-tuning recipe (ImageNet MobileNetV2, dihedral + zoom + jitter, balanced class weights) on the
     other folds. Returns (checkpoint, held-out indices) per fold; a finished fold is reused."""
     import numpy as np
+    from elpv_defect import finetune_aug_method
     from sklearn.model_selection import StratifiedKFold
 
-    from elpv_defect import finetune_aug_method
     from shiftkit.train.loaders import balanced_class_weights
 
     y, ds = labels_of(source)

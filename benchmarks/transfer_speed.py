@@ -129,7 +129,7 @@ def in_process(groups, target_groups, beta: float, batch: int, repeats: int, thr
         pass
     rng = np.random.default_rng(seed)
     pairings = {"a2b": [], "distinct": []}  # per group: (sources, targets, target keys)
-    for g, (imgs, timgs) in enumerate(zip(groups, target_groups)):
+    for g, (imgs, timgs) in enumerate(zip(groups, target_groups, strict=True)):
         pick = rng.integers(0, len(timgs), len(imgs))
         pairings["a2b"].append((imgs, [timgs[j] for j in pick], [(g, int(j)) for j in pick]))
         perm = rng.permutation(len(imgs))
@@ -142,7 +142,7 @@ def in_process(groups, target_groups, beta: float, batch: int, repeats: int, thr
     def albu(pairs, t, key):
         def go(limit=None):
             for src, tgt, _ in pairs:
-                for s_, t_ in list(zip(src, tgt))[:limit]:
+                for s_, t_ in list(zip(src, tgt, strict=True))[:limit]:
                     out = t(image=s_, **{key: [t_]})["image"]
             return out
         return go
@@ -183,7 +183,7 @@ def in_process(groups, target_groups, beta: float, batch: int, repeats: int, thr
             base = "albumentations-FDA" if "fda" in name.lower() else "albumentations-HistogramMatching"
             metrics = {"images_per_s": summary(ips, 2)}
             if name.startswith("shiftkit"):
-                metrics["speedup_vs_albumentations"] = summary([a / b for a, b in zip(ips, runs[base])], 3)
+                metrics["speedup_vs_albumentations"] = summary([a / b for a, b in zip(ips, runs[base], strict=True)], 3)
             rows.append({"method": f"{name} [{pairing}]", "pairing": pairing, "uses_target_labels": False, "metrics": metrics,
                          "wall_s": summary([n / v for v in ips], 3), "images": n,
                          "target_images": sum(len(t) for t in target_groups) if pairing == "a2b" else n, "torch_threads": threads})
@@ -194,7 +194,7 @@ def in_process(groups, target_groups, beta: float, batch: int, repeats: int, thr
 def write_pngs(folder: Path, groups, classes=("elpv", "photo")) -> None:
     from shiftkit.data.images import encode_image
 
-    for cls, imgs in zip(classes, groups):
+    for cls, imgs in zip(classes, groups, strict=True):
         d = folder / cls if classes else folder
         d.mkdir(parents=True, exist_ok=True)
         for k, img in enumerate(imgs):
@@ -274,7 +274,7 @@ def end_to_end(work: Path, n: int, repeats: int, methods: list[str], env: dict, 
             ips.append(n / wall)
             rss.append(peak)
             inner.append(res.get("transfer_s", float("nan")))
-        frac = [a / b for a, b in zip(ips, bare)]
+        frac = [a / b for a, b in zip(ips, bare, strict=True)]
         name = f"cli {m} --workers {nw}{label}"
         print(f"  {name:34s} {median(ips):8.1f} images/s ({median(frac):.0%} of the I/O limit)", file=sys.stderr)
         rows.append({"method": name, "uses_target_labels": False,
@@ -297,7 +297,7 @@ def memory_growth(work: Path, n: int, repeats: int, env: dict, extra: list[str],
     for name, src in (("1x", small), ("10x", work / "source")):
         peaks[name] = [run_cli(src, work / "target", work / f"mem_{name}", method, env, extra)[1] for _ in range(repeats)]
         print(f"  peak RSS {name:4s} {median(peaks[name]):8.1f} MiB", file=sys.stderr)
-    ratio = [b / a for a, b in zip(peaks["1x"], peaks["10x"])]
+    ratio = [b / a for a, b in zip(peaks["1x"], peaks["10x"], strict=True)]
     n_small = sum(1 for _ in small.rglob("*.png"))
     return [{"method": f"cli {method} peak memory", "uses_target_labels": False, "images": {"1x": n_small, "10x": n},
              "metrics": {"peak_rss_mb_1x": summary(peaks["1x"], 1), "peak_rss_mb_10x": summary(peaks["10x"], 1),

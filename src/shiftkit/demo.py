@@ -28,8 +28,9 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class Demo:
         fda = FDA(beta=0.01)(xs, xt)
         hist = HistogramMatching("image")(xs, xt)
         rows = [[_u8(xs[k]), _u8(fda[k]), _u8(hist[k]), _u8(xt[k])] for k in range(n)]
-        labels = [f"{Path(s.path).name} -> {Path(t.path).name}" for s, t in zip(s_samples, t_samples)]
+        labels = [f"{Path(s.path).name} -> {Path(t.path).name}" for s, t in zip(s_samples, t_samples, strict=True)]
         path = save_grid(self.out / "figures" / "mono_to_poly.png", rows,
                          titles=["mono (source)", "FDA beta=0.01", "histogram match", "poly reference"],
                          row_labels=labels, cell=160)

@@ -3,7 +3,16 @@ import torch
 from torch import nn
 
 from shiftkit.adapt.augmented import (
-    Augmented, adabn, compose, degrade_digits, digit_boxes, dihedral, flips, jitter, predict_probs, random_affine,
+    Augmented,
+    adabn,
+    compose,
+    degrade_digits,
+    digit_boxes,
+    dihedral,
+    flips,
+    jitter,
+    predict_probs,
+    random_affine,
     scale_crop,
 )
 from shiftkit.adapt.base import Method, Phase, StepInfo

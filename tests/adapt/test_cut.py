@@ -22,7 +22,7 @@ def _hand_nce(q, k, tau):
     total, count = 0.0, 0
     for b in range(len(q)):
         for i in range(len(q[b])):
-            dots = [sum(x * y for x, y in zip(q[b][i], k[b][j])) / tau for j in range(len(q[b]))]
+            dots = [sum(x * y for x, y in zip(q[b][i], k[b][j], strict=True)) / tau for j in range(len(q[b]))]
             total += -(dots[i] - math.log(sum(math.exp(v) for v in dots)))
             count += 1
     return total / count

@@ -95,11 +95,11 @@ def test_one_step_trains_the_student_and_the_teacher_follows_by_ema():
     rec = _run_step(m, model, opts, _batch(), step=0)
     assert set(rec[0][1]) == {"seg", "seg_aux", "mix", "mix_aux"} and rec[0][0] == ("model",)
     teacher0 = _snapshot(m.teacher)
-    assert all(torch.equal(a, b) for a, b in zip(teacher0, before))  # created from the student at step 0
+    assert all(torch.equal(a, b) for a, b in zip(teacher0, before, strict=True))  # created from the student at step 0
     assert not any(p.requires_grad for p in m.teacher.parameters())
     after1 = _snapshot(model)
     _run_step(m, model, opts, _batch(seed=1), step=1)  # a = min(1 - 1/2, 0.99) = 0.5
-    for t, t0, s1 in zip(m.teacher.parameters(), teacher0, after1):
+    for t, t0, s1 in zip(m.teacher.parameters(), teacher0, after1, strict=True):
         assert torch.allclose(t, 0.5 * t0 + 0.5 * s1, atol=1e-6)
 
 

@@ -267,7 +267,7 @@ def test_stage1_bn_adapt_re_estimates_batchnorm_statistics_by_hand():
     assert torch.allclose(bn0.running_mean, torch.full_like(bn0.running_mean, 5.0))  # the start model is untouched
     got = model.backbone.blocks[0][1]
     assert torch.allclose(got.running_mean, want_mu, atol=1e-5) and torch.allclose(got.running_var, want_var, rtol=1e-4)
-    assert all(torch.equal(a, b) for a, b in zip(start.parameters(), model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(start.parameters(), model.parameters(), strict=True))
     # the prior is the hard argmax share of the BN-adapted model (the default prior_from)
     model.eval()
     with torch.no_grad():
@@ -299,7 +299,7 @@ def test_stage2_trains_the_model_against_a_frozen_teacher():
     assert all(p.grad is None for p in m.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     torch.optim.SGD(model.parameters(), lr=0.5).step()
-    assert all(torch.equal(a, b) for a, b in zip(before, m.teacher.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, m.teacher.parameters(), strict=True))
     # the step's labels are the teacher's: CE against positive_pseudo_labels(teacher probs)
     b = _batch()
     with torch.no_grad():
@@ -434,7 +434,7 @@ def test_adapt_runs_all_three_stages(das3_run):
     from shiftkit.train import checkpoint as ckpt
 
     m1, info, _ = ckpt.load_model(out / "stage1" / "checkpoints" / "best.safetensors")
-    assert all(torch.equal(a, b) for a, b in zip(das3_run.head, m1.classifier.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(das3_run.head, m1.classifier.parameters(), strict=True))
     assert info["classes"] == ["background", "square"]
     assert all(p.requires_grad for p in das3_run.model.parameters())  # the caller's model is left unfrozen
 

@@ -12,7 +12,7 @@ def test_cross_entropy_smoothing_matches_hand():
     eps = 0.1
     logp = [2.0 - math.log(math.exp(2) + 1 + math.exp(-1)), -math.log(math.exp(2) + 1 + math.exp(-1)), -1.0 - math.log(math.exp(2) + 1 + math.exp(-1))]
     q = [1 - eps + eps / 3, eps / 3, eps / 3]
-    ref = -sum(qi * li for qi, li in zip(q, logp))
+    ref = -sum(qi * li for qi, li in zip(q, logp, strict=True))
     assert L.cross_entropy(z, y, label_smoothing=eps).item() == pytest.approx(ref, rel=1e-6)
 
 

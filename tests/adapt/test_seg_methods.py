@@ -62,7 +62,7 @@ def _snapshot(mod):
 
 
 def _moved(before, mod):
-    return any(not torch.equal(a, b) for a, b in zip(before, mod.parameters()))
+    return any(not torch.equal(a, b) for a, b in zip(before, mod.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("name", ["source-only", "oracle", "minent", "fda-st"])

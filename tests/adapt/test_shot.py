@@ -233,8 +233,8 @@ def test_tiny_source_free_run_through_the_engine(tmp_path):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["source"] is None and cfg["optimizer"] == "sgd" and cfg["schedule"] == "dann"
-    assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(body_before, model.feature_parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(body_before, model.feature_parameters(), strict=True))
     # the checkpoint rebuilds the ccexam architecture with no flags
     from shiftkit.models.ccexam import load_model
 
@@ -369,7 +369,7 @@ def test_selftrain_run_through_the_engine(tmp_path):
     assert m["method"] == "shot_selftrain" and m["uses_target_labels"] is False
     labels = method.pseudo_labels
     assert labels.shape == (24,) and int((labels >= 0).sum()) in range(10, 15)  # about half kept
-    assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
 
 
 def test_selftrain_fraction_schedule_and_bad_arguments():
@@ -410,7 +410,7 @@ def test_selftrain_relabels_every_epoch_with_a_growing_share(tmp_path):
     adapt(model, _Digits(24, 1, False, 0.2), method=method, out=tmp_path / "st",
           epochs=2, batch_size=8, seed=0, device="cpu", progress=False)
     assert method.labels_epoch == 1 and int((method.pseudo_labels >= 0).sum()) == 24  # the last epoch labels every image
-    assert not all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))  # the head trained
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))  # the head trained
     assert int(method.state_dict()["labels_epoch"]) == 1
 
 
@@ -496,8 +496,8 @@ def test_fresh_copy_reinitialises_every_layer_from_its_seed():
     assert weights and all(not torch.equal(old[n], new[n]) for n in weights)
     assert float(next(m for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean.abs().max()) == 0
     again, other = fresh_copy(model, seed=3), fresh_copy(model, seed=4)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
-    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), other.state_dict().values(), strict=True))
 
 
 def test_fresh_copy_of_a_pretrained_classifier_gets_its_pretrained_backbone_back(tmp_path):
@@ -520,7 +520,7 @@ def test_fresh_copy_of_a_pretrained_classifier_gets_its_pretrained_backbone_back
     t_head, s_head = dict(teacher.named_parameters()), dict(student.named_parameters())
     assert all(not torch.equal(t_head[n], s_head[n]) for n in s_head if not n.startswith("backbone."))
     again = fresh_copy(teacher, seed=2)
-    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), again.state_dict().values(), strict=True))
     assert pretrained_backbone_weights(build("svhn_net")) is None  # a ccexam network: plain re-initialisation
 
 
@@ -582,8 +582,8 @@ def test_distill_run_through_the_engine_learns_the_teachers_labels(tmp_path):
     assert int(kept.sum()) in range(10, 15)  # about half of 24, per predicted class
     assert torch.equal(labels[kept], probs.argmax(1)[kept])  # the teacher's labels, not the student's
     assert torch.equal(labels, ShotSelfTrain.confident_labels(probs, 0.5))
-    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))  # the teacher never trains
-    assert not all(torch.equal(a, b) for a, b in zip(head_before, student.head.parameters()))  # the whole student does
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters(), strict=True))  # the teacher never trains
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, student.head.parameters(), strict=True))  # the whole student does
     assert json.loads((tmp_path / "d" / "config.json").read_text())["resolved"]["method"]["fraction"] == 0.5
 
 

@@ -12,7 +12,8 @@ from shiftkit.errors import ShiftkitError
 from shiftkit.io import sha256_file
 
 
-def _imagefolder(root, counts={"common": 6, "rare": 2}, size=16):
+def _imagefolder(root, counts=None, size=16):
+    counts = counts or {"common": 6, "rare": 2}
     rng = np.random.default_rng(0)
     for cls, n in counts.items():
         (root / cls).mkdir(parents=True)

@@ -4,7 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import _common as C  # noqa: E402
 import elpv_defect_augment as E  # noqa: E402

@@ -11,7 +11,7 @@ torch.manual_seed(0)
 def _check_stages(bb, x):
     outs = bb.forward_stages(x)
     assert len(outs) == len(bb.stages)
-    for o, st in zip(outs, bb.stages):
+    for o, st in zip(outs, bb.stages, strict=True):
         assert o.shape == (x.shape[0], st.channels, -(-x.shape[2] // st.stride), -(-x.shape[3] // st.stride))
     return outs
 

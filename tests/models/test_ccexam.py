@@ -10,7 +10,15 @@ import torch
 from shiftkit.errors import ShiftkitError
 from shiftkit.models import build_model
 from shiftkit.models.ccexam import (
-    MNISTNet, SVHNNet, USPSNet, WeightsError, build, load_model, load_pretrained, load_state_dict_file, to_unit,
+    MNISTNet,
+    SVHNNet,
+    USPSNet,
+    WeightsError,
+    build,
+    load_model,
+    load_pretrained,
+    load_state_dict_file,
+    to_unit,
 )
 from shiftkit.resources import cached_path
 
@@ -79,7 +87,7 @@ def test_state_dict_round_trip_and_mismatch(tmp_path):
     p = tmp_path / "svhn_like.pth"
     torch.save(src.state_dict(), p)
     m = load_state_dict_file(p, "svhn_net")
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), src.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), src.state_dict().values(), strict=True))
     with pytest.raises(WeightsError) as err:
         load_state_dict_file(p, "mnist_net")  # keys of another architecture: listed
     msg = str(err.value)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from shiftkit.report.seg_figures import colorize, entropy_image, overlay, palette, save_domain_grid, save_prediction_grid
+from shiftkit.report.seg_figures import (
+    colorize,
+    entropy_image,
+    overlay,
+    palette,
+    save_domain_grid,
+    save_prediction_grid,
+)
 
 
 def test_colorize_and_ignore():

@@ -1,6 +1,13 @@
 import torch
 
-from shiftkit.train.loaders import ImageTensors, balanced_class_weights, balanced_weights, batch_order, collate, open_any
+from shiftkit.train.loaders import (
+    ImageTensors,
+    balanced_class_weights,
+    balanced_weights,
+    batch_order,
+    collate,
+    open_any,
+)
 
 
 def test_batch_order_is_a_pure_function():

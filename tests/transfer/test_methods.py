@@ -105,7 +105,7 @@ def test_batched_summaries_equal_single(cls):
         one = m.target_summary(tgt[k : k + 1])
         for c in (1, 3):
             a, b = batched[k][c], one[c]
-            pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
+            pairs = zip(a, b, strict=True) if isinstance(a, tuple) else [(a, b)]
             assert all(torch.allclose(x, y) for x, y in pairs)
 
 

@@ -22,7 +22,8 @@ from torch's global RNG (which the engine seeds and checkpoints, so resume repla
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -282,7 +283,7 @@ def adabn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
             model(xb.to(dev))
             seen += len(xb)
     finally:
-        for m, (mom, _) in zip(bns, saved):
+        for m, (mom, _) in zip(bns, saved, strict=True):
             m.momentum = mom
         model.eval()
     if seen == 0:

@@ -20,8 +20,9 @@ it) or, when the backbone is frozen and features are cached, a (N, D) feature ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ Losses = dict[str, torch.Tensor]
 class Phase:
     """One optimisation phase: named losses (already weighted; summed) and the groups they update."""
 
-    losses: Union[Losses, Callable[[], Losses]]
+    losses: Losses | Callable[[], Losses]
     groups: tuple[str, ...] = ("model",)
     logs: dict[str, float] = field(default_factory=dict)  # diagnostics only, never summed
 
@@ -104,7 +105,7 @@ class Term:
     def modules(self) -> dict[str, nn.Module]:
         return {}
 
-    def losses(self, out: "ForwardOut", step: StepInfo) -> tuple[Losses, dict[str, float]]:
+    def losses(self, out: ForwardOut, step: StepInfo) -> tuple[Losses, dict[str, float]]:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor]:

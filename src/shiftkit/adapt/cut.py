@@ -13,8 +13,8 @@ Both: 256 patches per layer, temperature 0.07, MLP heads 256-d, LSGAN, Adam lr 2
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def multilayer_nce(feat_q: Sequence[torch.Tensor], feat_k: Sequence[torch.Tensor
     """Mean of `patch_nce_loss` over the encoder layers (CUT: total_nce_loss / n_layers)."""
     if len(feat_q) != len(feat_k) or not feat_q:
         raise ShiftkitError(f"need the same non-zero number of query and key layers, got {len(feat_q)} and {len(feat_k)}")
-    return sum(patch_nce_loss(q, k, tau) for q, k in zip(feat_q, feat_k)) / len(feat_q)
+    return sum(patch_nce_loss(q, k, tau) for q, k in zip(feat_q, feat_k, strict=True)) / len(feat_q)
 
 
 @dataclass

@@ -65,7 +65,7 @@ def blur_kernel_size(side: int) -> int:
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     """theta' <- alpha theta' + (1 - alpha) theta over the parameters (buffers are the teacher's own)."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
 
 

@@ -23,7 +23,8 @@ and the plain rule locked that in.
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ def predict_stream(models: Sequence[nn.Module], dataset, device: torch.device | 
             labs.append(l.to(torch.uint8).cpu())
             idx.append(b["index"])
     finally:
-        for m, w in zip(models, was):
+        for m, w in zip(models, was, strict=True):
             m.train(w)
     if not confs:
         raise ShiftkitError("no decodable target image to pseudo-label")

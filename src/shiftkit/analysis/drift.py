@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,8 +237,8 @@ def feature_gap(features_a: Any, features_b: Any, folds: int = 5, seed: int = 0,
 def _table(x: Any, name: str, **kw):
     import os
 
-    from shiftkit.data import open_dataset
     from shiftkit.analysis.properties import PropertyTable, compute_properties
+    from shiftkit.data import open_dataset
 
     if isinstance(x, (str, os.PathLike)):
         x = open_dataset(x)

@@ -22,9 +22,10 @@ import hashlib
 import io
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -352,7 +353,7 @@ class PropertyTable:
         atomic_write_json(path, {"meta": self.meta, "rows": rows})
 
     @classmethod
-    def read_csv(cls, path: str | os.PathLike) -> "PropertyTable":
+    def read_csv(cls, path: str | os.PathLike) -> PropertyTable:
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
         if not rows or rows[0][:1] != ["path"]:
@@ -504,8 +505,9 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
 
 
 def _progress(total: int | None, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
     import sys
+
+    from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="img", file=sys.stderr, leave=False)
 
@@ -667,13 +669,13 @@ def _compute_dataset(ds, batch_size, cache, progress, workers, work_size, dev, f
     todo: list[int] = []
     if data is not None:
         by_path = {str(p): j for j, p in enumerate(data["paths"])}
-        by_hash: dict[tuple[str, str], int] = {(str(h), str(t)): j for j, (h, t) in enumerate(zip(data["sha256"], data["tkeys"]))}
+        by_hash: dict[tuple[str, str], int] = {(str(h), str(t)): j for j, (h, t) in enumerate(zip(data["sha256"], data["tkeys"], strict=True))}
 
         def row(j: int, st: os.stat_result, digest: str, tkey: str) -> dict:
             return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest, "tkey": tkey,
                     "values": data["values"][j], "features": data["features"][j]}
 
-        for i, (p, st, tk) in enumerate(zip(paths, stats, tkeys)):
+        for i, (p, st, tk) in enumerate(zip(paths, stats, tkeys, strict=True)):
             if st is None:
                 continue
             j = by_path.get(p)

@@ -43,7 +43,7 @@ class Predictions:
     probs: np.ndarray | None = None
 
     @classmethod
-    def read_csv(cls, path: str | Path) -> "Predictions":
+    def read_csv(cls, path: str | Path) -> Predictions:
         try:
             with open(path, newline="") as fh:
                 rows = list(csv.DictReader(fh))
@@ -136,7 +136,7 @@ def sensitivity(preds: Predictions, table, bins: int = 5, properties: list[str] 
              for i in range(C) for j in range(C) if i != j and conf[i, j] > 0]
     pairs.sort(key=lambda d: -d["count"])
     nonzero = counts[counts > 0]
-    result = Sensitivity(preds.classes, float(correct.mean()), recall, {c: int(n) for c, n in zip(preds.classes, counts)},
+    result = Sensitivity(preds.classes, float(correct.mean()), recall, {c: int(n) for c, n in zip(preds.classes, counts, strict=True)},
                          float(nonzero.max() / nonzero.min()) if len(nonzero) else float("nan"), pairs[:10])
     names = properties or [k for k in table.defined() if np.nanstd(table[k]) > 0]
     for name in names:

@@ -13,7 +13,7 @@ so a rerun with the same seed reproduces every output.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import kornia
 import torch

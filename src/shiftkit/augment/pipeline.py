@@ -57,7 +57,7 @@ def sample_class(ds: Dataset, index: int, class_freq: Counter | None = None) -> 
         from shiftkit.data.images import read_mask
 
         ids = set(np.unique(read_mask(ds.root / e.mask)).tolist()) - {ds.ignore_index}
-        names = dict(zip(ds.class_ids, ds.classes))
+        names = dict(zip(ds.class_ids, ds.classes, strict=True))
         present = {names[i] for i in ids if i in names and i != ds.class_ids[0]} or {names.get(ds.class_ids[0])}
     if not present:
         return None

@@ -111,7 +111,7 @@ class Plan:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, source: object = "plan") -> "Plan":
+    def from_dict(cls, d: dict, source: object = "plan") -> Plan:
         if not isinstance(d, dict) or not isinstance(d.get("ops"), list) or not d["ops"]:
             raise ShiftkitError("a plan needs a non-empty 'ops' list", source, "see `shiftkit augment --help` for the format")
         try:
@@ -132,7 +132,7 @@ class Plan:
                    list(d.get("reasoning", [])), rule)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         try:
             d = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:

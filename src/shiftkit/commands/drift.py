@@ -56,9 +56,9 @@ def _versions() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shiftkit.data import open_dataset
     from shiftkit.analysis.drift import gap_score, property_drift
     from shiftkit.analysis.properties import compute_properties
+    from shiftkit.data import open_dataset
     from shiftkit.device import resolve_device
     from shiftkit.errors import ShiftkitError
     from shiftkit.io import atomic_write_json

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_speed, add_workers, epilog
+from shiftkit.common_args import (
+    add_device,
+    add_json,
+    add_no_progress,
+    add_on_bad,
+    add_seed,
+    add_speed,
+    add_workers,
+    epilog,
+)
 
 HELP = "train a classifier on a labeled source, optionally adapting to an unlabeled target (DANN, CDAN, MCC, ...)"
 

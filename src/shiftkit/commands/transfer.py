@@ -6,7 +6,16 @@ import argparse
 import json
 import sys
 
-from shiftkit.common_args import add_device, add_json, add_no_progress, add_on_bad, add_seed, add_task, add_workers, epilog
+from shiftkit.common_args import (
+    add_device,
+    add_json,
+    add_no_progress,
+    add_on_bad,
+    add_seed,
+    add_task,
+    add_workers,
+    epilog,
+)
 
 HELP = "write A' = source images restyled like the target set (fda, histogram, color-stats, pca, learned); labels unchanged"
 

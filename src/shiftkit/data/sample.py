@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +25,10 @@ class Task(str, enum.Enum):
     SEGMENTATION = "segmentation"
     DETECTION = "detection"
     UNLABELED = "unlabeled"
+
+    @classmethod
+    def _missing_(cls, value: object) -> None:
+        raise ValueError(f"unknown task {value!r}: use one of {', '.join(t.value for t in cls)}")
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Boxes:
         )
 
 
-Target = Union[int, np.ndarray, Boxes, None]
+Target = int | np.ndarray | Boxes | None
 
 
 @dataclass
@@ -79,6 +83,6 @@ class Sample:
     def width(self) -> int:
         return int(self.image.shape[1])
 
-    def with_image(self, image: np.ndarray) -> "Sample":
+    def with_image(self, image: np.ndarray) -> Sample:
         """A copy with a new image and the same target, path and meta (photometric transforms)."""
         return Sample(image=image, target=self.target, path=self.path, meta=dict(self.meta))

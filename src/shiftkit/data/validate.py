@@ -138,7 +138,7 @@ def near_duplicates(hashes: np.ndarray, max_bits: int, block_elems: int = 1 << 2
         j = np.arange(start, stop)
         best = d.argmin(axis=1)
         dist = d[np.arange(len(j)), best]
-        for jj, ii, dd in zip(j[dist <= max_bits], best[dist <= max_bits], dist[dist <= max_bits]):
+        for jj, ii, dd in zip(j[dist <= max_bits], best[dist <= max_bits], dist[dist <= max_bits], strict=True):
             out.append((int(jj), int(ii), int(dd)))
     return out
 
@@ -286,5 +286,5 @@ def _class_counts(ds: Dataset, seg_counts: np.ndarray) -> tuple[dict[str, int], 
     if ds.task is Task.DETECTION:
         return ds.class_counts(), "boxes"
     if ds.task is Task.SEGMENTATION:
-        return {name: int(seg_counts[cid]) for name, cid in zip(ds.classes, ds.class_ids) if 0 <= cid < 256}, "images containing it"
+        return {name: int(seg_counts[cid]) for name, cid in zip(ds.classes, ds.class_ids, strict=True) if 0 <= cid < 256}, "images containing it"
     return {}, ""

@@ -19,7 +19,15 @@ from typing import Any
 from torch import nn
 
 from shiftkit.errors import ShiftkitError
-from shiftkit.models.backbones import BACKBONES, Backbone, EfficientNetLite0, MobileNetV2, Normalization, SmallCNN, Stage
+from shiftkit.models.backbones import (
+    BACKBONES,
+    Backbone,
+    EfficientNetLite0,
+    MobileNetV2,
+    Normalization,
+    SmallCNN,
+    Stage,
+)
 from shiftkit.models.discriminators import DomainDiscriminator, PixelDiscriminator
 from shiftkit.models.heads import Classifier
 

@@ -21,8 +21,9 @@ Architectures:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +133,7 @@ class Backbone(nn.Module):
         return self.pooled(x)
 
     # --- freezing ----------------------------------------------------------------------------
-    def freeze(self, stages: int | None = None) -> "Backbone":
+    def freeze(self, stages: int | None = None) -> Backbone:
         """Freeze the first `stages` stages (all when None): no gradients, BatchNorm kept in eval.
 
         Frozen BN layers keep their ImageNet statistics even while the model is in train mode,
@@ -148,12 +149,12 @@ class Backbone(nn.Module):
         self.frozen_stages = n
         return self.train(self.training)
 
-    def set_bn_eval(self, enabled: bool = True) -> "Backbone":
+    def set_bn_eval(self, enabled: bool = True) -> Backbone:
         """Keep every BatchNorm in eval mode (frozen statistics) even when the model trains."""
         self.bn_eval = bool(enabled)
         return self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if mode:
             for i, mods in enumerate(self._stage_modules()):
@@ -306,7 +307,7 @@ class MobileNetV2(Backbone):
         chans = [stage_channels[0], stage_channels[1], stage_channels[2], stage_channels[4], last]
         super().__init__(
             Normalization(IMAGENET_MEAN, IMAGENET_STD, 3, 224),
-            [Stage(s, c) for s, c in zip(strides, chans)],
+            [Stage(s, c) for s, c in zip(strides, chans, strict=True)],
             input_normalize,
         )
         self.spec = {
@@ -331,7 +332,7 @@ class MobileNetV2(Backbone):
                 nn.init.zeros_(m.bias)
 
     @property
-    def features(self) -> "_FeaturesAccessor":  # type: ignore[override]
+    def features(self) -> _FeaturesAccessor:  # type: ignore[override]
         return _FeaturesAccessor(self)
 
     def _stage_modules(self) -> list[list[nn.Module]]:
@@ -487,7 +488,7 @@ class EfficientNetLite0(Backbone):
             start = end
         return out
 
-    def freeze(self, stages: int | None = None) -> "Backbone":
+    def freeze(self, stages: int | None = None) -> Backbone:
         # _Stem wrappers hold unregistered parts: freeze their parameters explicitly.
         super().freeze(stages)
         n = self.frozen_stages
@@ -498,7 +499,7 @@ class EfficientNetLite0(Backbone):
             p.requires_grad_(n < last)
         return self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if mode:
             if self.bn_eval or self.frozen_stages >= 1:

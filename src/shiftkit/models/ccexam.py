@@ -18,8 +18,9 @@ RGB averaged). Input conventions (from ccexam/constants.py and its transforms: r
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,6 @@ from torch import nn
 from shiftkit.errors import ShiftkitError
 from shiftkit.models.backbones import Normalization
 from shiftkit.models.weights import WeightsError, check_keys, read_state_dict  # safe reading, strict keys
-
 
 # channels and normalisation of each network (input_size here is the published size; instances may differ)
 SVHN_INPUT = Normalization((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 3, 32)

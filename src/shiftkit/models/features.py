@@ -19,9 +19,10 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ class FeatureCache:
                     with np.load(shard, allow_pickle=False) as z:
                         if str(z["key"]) != key:
                             continue
-                        for hsh, row in zip(z["hashes"].tolist(), z["features"]):
+                        for hsh, row in zip(z["hashes"].tolist(), z["features"], strict=True):
                             self._rows[hsh] = row
                 except Exception:  # a damaged shard is only a cache miss
                     continue
@@ -137,7 +138,7 @@ class FeatureCache:
     def add(self, hashes: list[str], feats: np.ndarray) -> None:
         if not hashes:
             return
-        for hsh, row in zip(hashes, feats):
+        for hsh, row in zip(hashes, feats, strict=True):
             self._rows[hsh] = row
         self._write(hashes, feats)
         shards = list(self.dir.glob("part-*.npz"))
@@ -289,7 +290,7 @@ def extract_features(
             x = preprocess([_image_of(it) for it in chunk], size, backbone.in_channels).to(dev)
             f = backbone.pooled(x).float().cpu().numpy()
             hashes = [it.hash for it in chunk]
-            computed.update(zip(hashes, f))
+            computed.update(zip(hashes, f, strict=True))
             if cache is not None:
                 cache.add(hashes, f)
             if bar is not None:

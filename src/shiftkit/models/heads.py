@@ -16,7 +16,6 @@ from shiftkit.errors import ShiftkitError
 from shiftkit.models.backbones import Backbone
 
 
-
 def body_head_param_groups(backbone: nn.Module, head_params: list[nn.Parameter], lr: float, head_lr_mult: float = 10.0,
                            weight_decay: float | None = None) -> list[dict[str, Any]]:
     """Optimizer groups shared by classifiers and segmenters: the pretrained body at `lr`, the new

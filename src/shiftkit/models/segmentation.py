@@ -14,7 +14,8 @@ map, main logits)`. `param_groups(lr, head_lr_mult)` gives heads a larger learni
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -185,7 +186,7 @@ class UNet(SegmentationModel):
     def _levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         maps = self.backbone.forward_stages(x)
         y = maps[-1]
-        for dec, skip in zip(self.decoder, reversed(maps[:-1])):
+        for dec, skip in zip(self.decoder, reversed(maps[:-1]), strict=True):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = dec(torch.cat([y, skip], dim=1))
         levels = [self.classifier(y)]

@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +221,7 @@ class PatchSampleMLP(nn.Module):
         if len(feats) != len(self.mlps) or len(ids) != len(self.mlps):
             raise ShiftkitError(f"{len(feats)} feature maps / {len(ids)} id sets for {len(self.mlps)} MLP heads")
         out = []
-        for f, i, mlp in zip(feats, ids, self.mlps):
+        for f, i, mlp in zip(feats, ids, self.mlps, strict=True):
             b, c = f.shape[:2]
             x = f.flatten(2).transpose(1, 2)[:, i, :]  # (B, N, C)
             x = mlp(x)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def overlaid_histograms(
     edges = np.linspace(lo, hi, bins + 1)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=size)
-    for s, label, colour in zip(clean, labels, COLOURS):
+    for s, label, colour in zip(clean, labels, COLOURS, strict=False):
         if s.size:
             ax.hist(s, bins=edges, density=True, alpha=0.45, color=colour, label=f"{label} (n={s.size})")
     ax.set_title(title, fontsize=10)
@@ -90,7 +90,7 @@ def bar_chart(
     fig, ax = plt.subplots(figsize=size)
     x = np.arange(len(values))
     ax.bar(x, values, color=COLOURS[0])
-    for xi, v in zip(x, values):
+    for xi, v in zip(x, values, strict=True):
         ax.text(xi, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     if reference is not None:
         ax.axhline(reference, color="gray", linestyle="--", linewidth=1)

@@ -8,7 +8,7 @@ Grids go through `report.grid.save_grid` (atomic PNG writes).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -20,9 +20,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -334,7 +335,7 @@ class Engine:
             ids = list(getattr(src, "class_ids", None) or range(len(names)))
             if not ids:
                 raise DatasetError("the source set declares no classes", cfg_path(self.cfg.source), "add classes.json/classes.txt")
-            by_id = dict(zip(ids, names))
+            by_id = dict(zip(ids, names, strict=True))
             self.ignore_index = int(getattr(src, "ignore_index", None) or 255)
             return [str(by_id.get(i, i)) for i in range(max(ids) + 1)]
         if src is not None:

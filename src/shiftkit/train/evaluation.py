@@ -70,7 +70,7 @@ def run_model(model, ds, info: dict, batch_size: int = 64, device: str | torch.d
     bar.close()
     if not probs:
         raise DatasetError("no decodable image in the data", getattr(ds, "root", None), "check the folder")
-    for p, err in bad:
+    for _, err in bad:
         print(f"shiftkit: skipped unreadable image {err}", file=sys.stderr)
     return {"probs": torch.cat(probs).numpy(), "paths": paths, "y": torch.cat(ys).numpy(), "bad": bad}
 

@@ -11,7 +11,8 @@ raises (checked up front by `check_masks`, which names the file). Images are res
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class SegTensors(torch.utils.data.Dataset):
             if unknown:
                 raise DatasetError(f"classes {unknown} are not among the model's classes {list(classes)}", getattr(ds, "root", None),
                                    "use data with the training classes")
-            ids_by_name = dict(zip(names, ids))
+            ids_by_name = dict(zip(names, ids, strict=True))
             self.lut = np.full(256, -1, dtype=np.int64)
             for pos, n in enumerate(classes):
                 if n in ids_by_name:
@@ -116,7 +117,7 @@ class SegTensors(torch.utils.data.Dataset):
             return {"x": torch.zeros((self.channels, *self.size)), "y": torch.full(self.size, IGNORE_INDEX, dtype=torch.long),
                     "index": int(i), "ok": False, "path": self.paths[i], "error": str(exc)}
 
-    def preload(self, progress: bool = True, desc: str = "decoding") -> "SegTensors":
+    def preload(self, progress: bool = True, desc: str = "decoding") -> SegTensors:
         """Decode everything once into memory (sets cache=True)."""
         from tqdm import tqdm
 

@@ -9,8 +9,9 @@ figures/confusion.png and figures/predictions.png (image | ground truth | predic
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ def evaluate_segmentation(models: Sequence[str | Path], data: Any, out: str | Pa
             continue
         x = b["x"].to(dev)
         p = None
-        for net, info in zip(nets, infos):
+        for net, info in zip(nets, infos, strict=True):
             size = tuple(int(v) for v in info["input_size"])
             xi = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             pi = torch.softmax(net(xi).float(), dim=1)

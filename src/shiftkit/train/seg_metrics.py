@@ -6,7 +6,7 @@ Pixels whose true label is the ignore index (255) are left out, as in Cityscapes
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,7 +254,7 @@ def sample_grid(model: CUT, images: torch.Tensor, path: Path, step: int, extra: 
     p = next(model.G.parameters())
     fake = model.G(images.to(p.device)).float().cpu()
     to_u8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # noqa: E731
-    rows = [[to_u8(a), to_u8(b)] + ([to_u8(extra[i])] if extra is not None and i < len(extra) else []) for i, (a, b) in enumerate(zip(images, fake))]
+    rows = [[to_u8(a), to_u8(b)] + ([to_u8(extra[i])] if extra is not None and i < len(extra) else []) for i, (a, b) in enumerate(zip(images, fake, strict=True))]
     titles = ["source A", f"G(A) step {step}"] + (["a target image"] if extra is not None else [])
     ncol = max(len(r) for r in rows)
     rows = [r + [None] * (ncol - len(r)) for r in rows]

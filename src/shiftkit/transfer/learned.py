@@ -119,7 +119,7 @@ def _translate_samples(generator, info: dict, samples: list, batch_size: int, de
             with torch.no_grad():
                 y = TF.match_channels(translate_batch(generator, x, size, batch_size), x.shape[1])
             y8 = (y.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for k, img in zip(chunk, y8):
+            for k, img in zip(chunk, y8, strict=True):
                 out[k] = samples[k].with_image(np.ascontiguousarray(img))
             bar.update(len(chunk))
     bar.close()

@@ -118,7 +118,7 @@ class TransferMethod:
     def _per_targets(self, targets: list[torch.Tensor], keys: list | None, tag: tuple, compute: Callable[[torch.Tensor], Any]) -> list:
         """`compute(t)` for each paired target, memoised under (*tag, key) where the caller gave keys."""
         keys = list(keys) if keys is not None else [None] * len(targets)
-        return [self._per_target(None if key is None else (*tag, key), lambda t=t: compute(t)) for t, key in zip(targets, keys)]
+        return [self._per_target(None if key is None else (*tag, key), lambda t=t: compute(t)) for t, key in zip(targets, keys, strict=True)]
 
     def fit_target(self, batch: torch.Tensor) -> None:
         """Accumulate target-set statistics from one batch (no-op for purely paired methods)."""
@@ -191,7 +191,7 @@ class _SetStats:
 
 def _add(a, b):
     if isinstance(a, tuple):
-        return tuple(_add(x, y) for x, y in zip(a, b))
+        return tuple(_add(x, y) for x, y in zip(a, b, strict=True))
     return a + b
 
 

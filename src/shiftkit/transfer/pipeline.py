@@ -25,11 +25,12 @@ import platform
 import sys
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,14 @@ import torch
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.io import atomic_write_json, atomic_write_text
 from shiftkit.transfer.methods import METHODS, REFERENCES, TransferMethod, make_method
-from shiftkit.transfer.selection import PAIR_MODES, feature_scale, pair_nearest, stable_hash, style_features, subset_indices
+from shiftkit.transfer.selection import (
+    PAIR_MODES,
+    feature_scale,
+    pair_nearest,
+    stable_hash,
+    style_features,
+    subset_indices,
+)
 
 PAIRS_FILE = "pairs.csv"
 PAIRS_HEADER = ["i", "source", "target", "output", "method"]
@@ -294,10 +302,10 @@ def _prepare(cfg: TransferConfig) -> _Plan:
             if method.needs_target_stats:
                 method.fit_target(x)
             if need_feats:
-                for i, f in zip(idx, style_features(x)):
+                for i, f in zip(idx, style_features(x), strict=True):
                     feats[i] = f
             if need_summaries:
-                for i, summ in zip(idx, method.target_summaries(x)):
+                for i, summ in zip(idx, method.target_summaries(x), strict=True):
                     summaries[i] = summ
 
         _stream_stats(tgt, plan.candidates, on_target, cfg, "target statistics")
@@ -439,7 +447,7 @@ def _transfer_shard(plan: _Plan, dest: Path, rank: int, world: int, after_batch:
                     good.append(it)
                 results = _run_batch(plan, good, target_tensor)
                 prepared, new_rows = [], []
-                for it, (img, j) in zip(good, results):
+                for it, (img, j) in zip(good, results, strict=True):
                     s, rel = it["sample"], it["sample"].path
                     out_rel = output_path(rel, cfg.mix, cfg.suffix)
                     if cfg.mix and not w.is_done(rel):
@@ -519,7 +527,7 @@ def _run_batch(plan: _Plan, good: list[dict], target_tensor) -> list[tuple[np.nd
                 targets = [_u8_tensor(good[k]["target"]).to(dev) for k in group]
         with torch.no_grad():
             y = method.apply_uint8(x, targets=targets, summaries=summaries, target_keys=js if targets is not None else None)
-        for k, img, j in zip(group, y.permute(0, 2, 3, 1).cpu().numpy(), js):
+        for k, img, j in zip(group, y.permute(0, 2, 3, 1).cpu().numpy(), js, strict=True):
             results[k] = (img, j)
     return results  # type: ignore[return-value]
 

@@ -188,7 +188,7 @@ def test_task_override(tmp_path, build):
     assert seg.paths() == ["images/a.png", "images/b.jpg"]
     with pytest.raises(DatasetError, match="cannot be read as detection"):
         open_dataset(root, task="detection")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="unknown task 'nonsense': use one of classification, segmentation"):
         open_dataset(root, task="nonsense")
 
 

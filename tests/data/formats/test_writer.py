@@ -47,7 +47,7 @@ def test_round_trip_is_exact(tmp_path, build, kind):
     ds2 = open_dataset(out)
     assert (ds2.format, ds2.task, ds2.classes, ds2.class_ids, ds2.ignore_index) == (ds.format, ds.task, ds.classes, ds.class_ids, ds.ignore_index)
     assert ds2.paths() == ds.paths()
-    for a, b in zip(ds.iter_samples(), ds2.iter_samples()):
+    for a, b in zip(ds.iter_samples(), ds2.iter_samples(), strict=True):
         same_targets(a.target, b.target, kind)
         assert a.image.shape == b.image.shape
         if a.path.endswith(".png"):
@@ -224,7 +224,7 @@ def test_format_conversion_yolo_to_coco(tmp_path, build):
     out = write_all(ds, tmp_path / "out", format="coco")
     ds2 = open_dataset(out)
     assert ds2.format == "coco" and ds2.classes == ds.classes and ds2.paths() == ds.paths()
-    for a, b in zip(ds.iter_samples(), ds2.iter_samples()):
+    for a, b in zip(ds.iter_samples(), ds2.iter_samples(), strict=True):
         assert a.target == b.target
 
 
@@ -260,7 +260,7 @@ def test_segmentation_classes_json_round_trip(tmp_path, build, classes_json):
     assert json.loads((out / "classes.json").read_text()) == classes_json
     ds2 = open_dataset(out)
     assert (ds2.classes, ds2.class_ids, ds2.ignore_index) == (ds.classes, ds.class_ids, ds.ignore_index)
-    for a, b in zip(ds.iter_samples(), ds2.iter_samples()):
+    for a, b in zip(ds.iter_samples(), ds2.iter_samples(), strict=True):
         assert np.array_equal(a.target, b.target)
 
 

@@ -6,9 +6,9 @@ it through the data layer's writer: deterministic by seed, streamed, resumable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from shiftkit.data.builders.core import BenchmarkPlan, Item, SplitPlan, prepare
 from shiftkit.errors import ShiftkitError

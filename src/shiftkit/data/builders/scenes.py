@@ -195,7 +195,7 @@ def plan_digit_scenes(
         chosen = subset(items, limit)
         keep = {it.path for it in chosen}
         balance = {c: 0 for c in CLASSES[1:]}
-        for it, spec in zip(items, specs):
+        for it, spec in zip(items, specs, strict=True):
             if it.path in keep:
                 for p in spec.digits:
                     balance[str(p.label)] += 1

@@ -43,7 +43,7 @@ def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray
         take[c] += 1
     rng = np.random.default_rng(seed)
     a, b = [], []
-    for c, k in zip(classes, take):
+    for c, k in zip(classes, take, strict=True):
         idx = rng.permutation(np.flatnonzero(labels == c))
         a.append(idx[:k])
         b.append(idx[k:])

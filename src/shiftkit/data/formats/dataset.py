@@ -6,9 +6,10 @@ paths are held; pixels are decoded in `__getitem__` / `iter_samples` through `sh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -118,14 +119,14 @@ class Dataset:
                     counts[self.classes[lab]] += 1
         return counts
 
-    def subset(self, indices) -> "Dataset":
+    def subset(self, indices) -> Dataset:
         """A dataset holding only `indices` (same root, format and classes): for splits."""
         ents = [self.entries[int(i)] for i in indices]
         return Dataset(
             self.root, self.format, self.task, ents, self.classes, self.class_ids, self.ignore_index, self.info, self.max_pixels
         )
 
-    def with_max_pixels(self, max_pixels: int) -> "Dataset":
+    def with_max_pixels(self, max_pixels: int) -> Dataset:
         return Dataset(
             self.root, self.format, self.task, list(self.entries), self.classes, self.class_ids, self.ignore_index, self.info, max_pixels
         )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from shiftkit.data.images import is_image_name
 from shiftkit.errors import UnsafePathError

@@ -309,14 +309,14 @@ class DatasetWriter:
         bw, bh = (xyxy[:, 2] - xyxy[:, 0]) / w, (xyxy[:, 3] - xyxy[:, 1]) / h
         lines = [
             f"{int(c)} {YOLO_FMT % x} {YOLO_FMT % y} {YOLO_FMT % ww} {YOLO_FMT % hh}"
-            for c, x, y, ww, hh in zip(b.labels.tolist(), cx, cy, bw, bh)
+            for c, x, y, ww, hh in zip(b.labels.tolist(), cx, cy, bw, bh, strict=True)
         ]
         return ("\n".join(lines) + "\n" if lines else "").encode()
 
     def __len__(self) -> int:
         return len(self._done)
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -389,7 +389,7 @@ class DatasetWriter:
 
     def _prune(self, keep: set[str], keep_dirs: set[str]) -> None:
         """Delete what the journal does not account for (stale files, temp files, the journal)."""
-        for dirpath, dirnames, filenames in os.walk(self.partial, topdown=False):
+        for dirpath, _, filenames in os.walk(self.partial, topdown=False):
             rel_dir = os.path.relpath(dirpath, self.partial).replace(os.sep, "/")
             for f in filenames:
                 rel = f if rel_dir == "." else f"{rel_dir}/{f}"
@@ -400,7 +400,7 @@ class DatasetWriter:
 
     def _classes_txt(self, ids: list[int] | None = None) -> bytes:
         ids = ids if ids is not None else list(range(len(self.classes)))
-        names = dict(zip(ids, self.classes))
+        names = dict(zip(ids, self.classes, strict=True))
         return ("\n".join(names.get(i, "") for i in range(max(ids) + 1 if ids else 0)) + "\n").encode()
 
     def _metadata(self, entries: list[dict]) -> dict[str, bytes]:
@@ -426,11 +426,11 @@ class DatasetWriter:
                 if self.info.get("classes_style") == "list" and dense:
                     obj: Any = list(self.classes)
                 else:
-                    obj = {"classes": [{"id": i, "name": n} for i, n in zip(self.class_ids, self.classes)], "ignore_index": self.ignore_index}
+                    obj = {"classes": [{"id": i, "name": n} for i, n in zip(self.class_ids, self.classes, strict=True)], "ignore_index": self.ignore_index}
                 return {"classes.json": (json.dumps(obj, indent=1) + "\n").encode()}
             if self.ignore_index == 255 and (cf == "classes.txt" or dense):
                 return {"classes.txt": self._classes_txt(self.class_ids)}
-            obj = {"classes": [{"id": i, "name": n} for i, n in zip(self.class_ids, self.classes)], "ignore_index": self.ignore_index}
+            obj = {"classes": [{"id": i, "name": n} for i, n in zip(self.class_ids, self.classes, strict=True)], "ignore_index": self.ignore_index}
             return {"classes.json": (json.dumps(obj, indent=1) + "\n").encode()}
         if fmt == "yolo":
             cf = self.info.get("classes_file") or "classes.txt"
@@ -453,7 +453,7 @@ class DatasetWriter:
             cats = [dict(c) for c in self.info["categories"]]
         else:
             cat_ids = [i + 1 for i in range(len(self.classes))]
-            cats = [{"id": cid, "name": n} for cid, n in zip(cat_ids, self.classes)]
+            cats = [{"id": cid, "name": n} for cid, n in zip(cat_ids, self.classes, strict=True)]
         used: set = set()
         ids: list = []
         for e in entries:
@@ -464,7 +464,7 @@ class DatasetWriter:
                 used.add(rid)
         nxt = max([i for i in used], default=0) + 1
         images, anns = [], []
-        for e, iid in zip(entries, ids):
+        for e, iid in zip(entries, ids, strict=True):
             if iid is None:
                 iid, nxt = nxt, nxt + 1
             rec = dict(e.get("coco_image") or {})
@@ -472,7 +472,7 @@ class DatasetWriter:
             rec.update(id=iid, file_name=e["path"][len(prefix):], width=w, height=h)
             images.append(rec)
             extra = e.get("coco_ann_extra") or [{} for _ in e["target"]["labels"]]
-            for xyxy, lab, ex in zip(e["target"]["xyxy"], e["target"]["labels"], extra):
+            for xyxy, lab, ex in zip(e["target"]["xyxy"], e["target"]["labels"], extra, strict=True):
                 bbox = _coco_bbox(np.asarray(xyxy, dtype=np.float32))
                 ann = {"id": len(anns) + 1, "image_id": iid, "category_id": cat_ids[lab],
                        "bbox": [_num(v) for v in bbox], "area": _num(_short_float(bbox[2] * bbox[3]))}
