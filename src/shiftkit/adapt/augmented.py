@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftkit.adapt.base import Method, StepInfo
+from shiftkit.device import forward_chunked
 
 Aug = Callable[[torch.Tensor], torch.Tensor]
 
@@ -255,7 +256,7 @@ def predict_probs(model: nn.Module, x: torch.Tensor, tta: str = "none", batch_si
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(dev)
-        p = sum(torch.softmax(model(v(xb)).float(), 1) for v in views) / len(views)
+        p = sum(torch.softmax(forward_chunked(model, v(xb)).float(), 1) for v in views) / len(views)
         out.append(p.cpu())
     model.train(was)
     return torch.cat(out)

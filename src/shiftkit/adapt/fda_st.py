@@ -38,6 +38,7 @@ from shiftkit.adapt.seg_losses import (
     classwise_thresholds,
     seg_cross_entropy,
 )
+from shiftkit.device import forward_chunked
 from shiftkit.errors import ShiftkitError
 
 
@@ -62,7 +63,7 @@ def predict_stream(models: Sequence[nn.Module], dataset, device: torch.device | 
                 continue
             x = b["x"].to(device)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-            p = ensemble_probs(models, x)
+            p = forward_chunked(lambda v: ensemble_probs(models, v), x)
             c, l = p.max(1)
             confs.append(c.cpu())
             labs.append(l.to(torch.uint8).cpu())

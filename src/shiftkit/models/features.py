@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shiftkit.device import resolve_device
+from shiftkit.device import forward_chunked, resolve_device
 from shiftkit.errors import ShiftkitError
 from shiftkit.io import atomic_write_bytes
 from shiftkit.models.backbones import Backbone
@@ -288,7 +288,7 @@ def extract_features(
         for start in range(0, len(order), batch_size):
             chunk = [items[i] for i in order[start : start + batch_size]]
             x = preprocess([_image_of(it) for it in chunk], size, backbone.in_channels).to(dev)
-            f = backbone.pooled(x).float().cpu().numpy()
+            f = forward_chunked(backbone.pooled, x).float().cpu().numpy()
             hashes = [it.hash for it in chunk]
             computed.update(zip(hashes, f, strict=True))
             if cache is not None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from shiftkit.adapt.base import Method, StepInfo
 from shiftkit.augment.functional import random_photometric
-from shiftkit.device import amp_dtype, amp_label, resolve_device
+from shiftkit.device import amp_dtype, amp_label, forward_chunked, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.train import checkpoint as ckpt
 from shiftkit.train.loaders import (
@@ -280,7 +280,7 @@ class Engine:
             if b["x"] is None:
                 continue
             with self._autocast():
-                f, z = net(self._to_input(b["x"]))
+                f, z = forward_chunked(net, self._to_input(b["x"]))
             feats.append(f.float().cpu())
             probs.append(torch.softmax(z.float(), dim=1).cpu())
             ys.append(b["y"])
@@ -700,7 +700,7 @@ class Engine:
                 if b["x"] is None:
                     continue
                 with self._autocast():
-                    _, z = self.net(self._to_input(b["x"]))
+                    _, z = forward_chunked(self.net, self._to_input(b["x"]))
                 if key == "target":
                     p = torch.softmax(z.float()[:, :, ::4, ::4], dim=1).movedim(1, -1).reshape(-1, k).double().cpu()
                     psum += p.sum(0)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shiftkit.device import resolve_device
+from shiftkit.device import forward_chunked, resolve_device
 from shiftkit.errors import DatasetError, ShiftkitError
 from shiftkit.io import atomic_write_json, atomic_write_text
 from shiftkit.train import checkpoint as ckpt
@@ -63,7 +63,7 @@ def run_model(model, ds, info: dict, batch_size: int = 64, device: str | torch.d
             continue
         x = b["x"].to(dev)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-        _, z = model.forward_features(x)
+        _, z = forward_chunked(model.forward_features, x)
         probs.append(torch.softmax(z.float(), dim=1).cpu())
         paths.extend(b["path"])
         ys.append(b["y"])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from shiftkit.device import resolve_device
+from shiftkit.device import forward_chunked, resolve_device
 from shiftkit.errors import ShiftkitError
 from shiftkit.io import atomic_write_json
 
@@ -70,7 +70,7 @@ def evaluate_segmentation(models: Sequence[str | Path], data: Any, out: str | Pa
         for net, info in zip(nets, infos, strict=True):
             size = tuple(int(v) for v in info["input_size"])
             xi = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            pi = torch.softmax(net(xi).float(), dim=1)
+            pi = torch.softmax(forward_chunked(net, xi).float(), dim=1)
             if pi.shape[-2:] != (h, w):
                 pi = F.interpolate(pi, size=(h, w), mode="bilinear", align_corners=False)
             p = pi if p is None else p + pi
