@@ -34,6 +34,31 @@ def test_fit_trains_improves_and_writes_run_folder(tiny, tmp_path, fast):
     assert ev["accuracy"] == pytest.approx(r["selected"]["target_test_accuracy"])
 
 
+def test_chunked_cpu_inference_changes_no_figure(tiny, tmp_path, fast, monkeypatch):
+    """The engine's epoch scores and `evaluate` give the same figures whether each batch goes through the
+    model whole or one image per forward (shiftkit.device.forward_chunked)."""
+    kw = dict(target_test=tiny["target_test"], epochs=2, **fast)
+    monkeypatch.setenv("SHIFTKIT_CPU_CHUNK_PIXELS", str(10**9))
+    whole = fit(tiny["source"], tiny["target"], out=tmp_path / "whole", **kw)
+    ev_whole = evaluate(tmp_path / "whole" / "checkpoints" / "best.safetensors", tiny["target_test"], out=tmp_path / "ew",
+                        progress=False)
+    monkeypatch.setenv("SHIFTKIT_CPU_CHUNK_PIXELS", "1")
+    chunked = fit(tiny["source"], tiny["target"], out=tmp_path / "chunked", **kw)
+    ev_chunked = evaluate(tmp_path / "chunked" / "checkpoints" / "best.safetensors", tiny["target_test"],
+                          out=tmp_path / "ec", progress=False)
+    for hw, hc in zip(whole["history"], chunked["history"], strict=True):
+        for k in ("select_im", "target_test_accuracy", "train_loss"):
+            assert hc[k] == pytest.approx(hw[k], rel=1e-5, abs=1e-6), k
+    assert ev_chunked["accuracy"] == ev_whole["accuracy"]
+    rows_w = (tmp_path / "ew" / "predictions.csv").read_text().splitlines()
+    rows_c = (tmp_path / "ec" / "predictions.csv").read_text().splitlines()
+    assert len(rows_w) == len(rows_c) > 1
+    for a, b in zip(rows_w[1:], rows_c[1:], strict=True):
+        fa, fb = a.split(","), b.split(",")
+        assert fa[:3] == fb[:3]
+        assert [float(v) for v in fa[3:]] == pytest.approx([float(v) for v in fb[3:]], abs=1e-6)
+
+
 def test_resume_after_kill_matches_uninterrupted(tiny, tmp_path, fast, kill_at, same_last_weights):
     kw = dict(target_test=tiny["target_test"], method="dann+mcc+self-training", epochs=2, ckpt_every=2, bottleneck=16,
               dropout=0.2, source_jitter=0.3, source_invert=0.5, **fast)  # the recolouring draws resume too
