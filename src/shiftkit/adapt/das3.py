@@ -76,6 +76,7 @@ from shiftkit.adapt.dacs import class_mix, mix_classes
 from shiftkit.adapt.seg_base import _check_weight, levels, seg_model
 from shiftkit.adapt.seg_losses import IGNORE_INDEX, seg_cross_entropy
 from shiftkit.augment.functional import random_photometric
+from shiftkit.device import forward_chunked
 from shiftkit.errors import ShiftkitError
 
 STAGES = (1, 2, 3)
@@ -270,7 +271,7 @@ def _whole_target(engine: Any, model: nn.Module, hard: bool = False) -> tuple[to
                 continue
             x = b["x"].to(getattr(engine, "device", "cpu"))
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-            p = F.softmax(levels(model, x, False)[0].float(), dim=1)
+            p = F.softmax(forward_chunked(lambda v: levels(model, v, False)[0], x).float(), dim=1)
             if hard:
                 s = torch.bincount(p.argmax(1).flatten().cpu(), minlength=p.shape[1]).double()
             else:

@@ -170,7 +170,7 @@ def _evaluate_segmentation(net, info, model, data, out, batch_size, device, work
         bad.extend(b["bad"])
         if b["x"] is None:
             continue
-        _, z = net.forward_features(b["x"].to(dev))
+        _, z = forward_chunked(net.forward_features, b["x"].to(dev))
         pred = z.argmax(1).cpu()
         y = b["y"]
         ok = (y != ignore) & (y >= 0) & (y < k)
