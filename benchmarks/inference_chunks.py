@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -92,8 +93,7 @@ def end_to_end_row(repeats: int) -> C.Row:
     info = {"input_size": [160, 160], "in_channels": 3}
     row = C.Row("run_model (evaluate/predict) @ 160 px, B1 val", False,
                 notes=f"{len(ds)} PNG cells decoded and resized each time; loader batch 64")
-    saved = os.environ.get("SHIFTKIT_CPU_CHUNK_PIXELS")
-    try:
+    with mock.patch.dict(os.environ):  # the caller's environment comes back as it was
         for _ in range(repeats):
             os.environ["SHIFTKIT_CPU_CHUNK_PIXELS"] = str(10**9)  # one chunk per batch: the old behaviour
             with C.Timer() as tb:
@@ -103,11 +103,6 @@ def end_to_end_row(repeats: int) -> C.Row:
                 now = run_model(model, ds, info, device="cpu", progress=False)
             row.add({"images_per_s_before": len(ds) / tb.wall, "images_per_s_chunked": len(ds) / tc.wall,
                      "speedup": tb.wall / tc.wall}, tb.wall + tc.wall)
-    finally:
-        if saved is None:
-            os.environ.pop("SHIFTKIT_CPU_CHUNK_PIXELS", None)
-        else:
-            os.environ["SHIFTKIT_CPU_CHUNK_PIXELS"] = saved
     row.extra["max_abs_diff"] = float(abs(torch.as_tensor(before["probs"]) - torch.as_tensor(now["probs"])).max())
     m = row.metrics
     print(f"{row.method:<48} before {statistics.median(m['images_per_s_before']):6.1f} img/s  chunked "
